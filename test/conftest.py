@@ -39,6 +39,7 @@ def repo_root() -> Path:
 def rclpy_context():  # type: ignore[no-untyped-def]
     """A fresh rclpy context for one test, shut down afterwards."""
     import rclpy  # the venv always has it: a missing rclpy must fail, not skip
+
     context = rclpy.context.Context()
     rclpy.init(context=context)
     try:
