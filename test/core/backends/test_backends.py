@@ -1,0 +1,126 @@
+"""Torch and ONNX Runtime backends on a real exported model; GPU backends where a GPU is."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import torch
+
+from peftdml_ros.core import model_io
+from peftdml_ros.core.backends import InferenceBackend, create_backend
+from peftdml_ros.core.backends.onnxruntime_backend import OnnxRuntimeBackend
+from peftdml_ros.core.backends.torch_backend import TorchBackend
+from peftdml_ros.core.errors import BackendUnavailableError, InputDataError
+from peftdml_ros.core.model import build_model, export_onnx, tiny_config
+from peftdml_ros.core.preprocess import PreprocessConfig, Preprocessor, collate
+from peftdml_ros.tools.export import random_frame
+
+CONFIG = tiny_config()
+HAS_CUDA = torch.cuda.is_available()
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+
+
+@pytest.fixture(scope="module")
+def model_and_onnx(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
+    torch.manual_seed(11)
+    model = build_model(CONFIG)
+    with torch.no_grad():  # non-zero LoRA updates, so an unmerged/merged mix-up shows
+        for name, parameter in model.named_parameters():
+            if "lora_up" in name:
+                parameter.normal_(0.0, 0.05)
+    path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "m.onnx", dynamic_batch=True)
+    return model, path
+
+
+def _inputs(batch: int = 1) -> dict[str, npt.NDArray[np.float32]]:
+    pre = Preprocessor(PreprocessConfig.from_model_config(CONFIG))
+    return collate([pre(random_frame(CONFIG, seed=s)) for s in range(batch)])
+
+
+def test_backends_satisfy_the_protocol(model_and_onnx: tuple[torch.nn.Module, Path]) -> None:
+    model, path = model_and_onnx
+    for backend in (TorchBackend(model, CONFIG, "cpu"), OnnxRuntimeBackend(path, "cpu")):
+        assert isinstance(backend, InferenceBackend)
+        assert backend.device == "cpu"
+        outputs = backend.run(_inputs())
+        assert tuple(outputs) == model_io.OUTPUT_NAMES
+        h, w = CONFIG.grid_hw
+        assert outputs["heatmap"].shape == (1, 10, h, w)
+        assert outputs["normality_score"].shape == (1,)
+        assert all(v.dtype == np.float32 for v in outputs.values())
+
+
+def test_torch_merged_lora_matches_the_training_model(
+    model_and_onnx: tuple[torch.nn.Module, Path],
+) -> None:
+    model, _ = model_and_onnx
+    inputs = _inputs()
+    with torch.no_grad():
+        reference = model.eval()(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+    merged = TorchBackend(model, CONFIG, "cpu")
+    assert not any("lora" in name for name, _ in merged.model.named_parameters())
+    outputs = merged.run(inputs)
+    for name in model_io.OUTPUT_NAMES:
+        np.testing.assert_allclose(outputs[name], reference[name].numpy(), atol=1e-5, err_msg=name)
+
+
+def test_torch_and_onnxruntime_agree_on_a_batch(
+    model_and_onnx: tuple[torch.nn.Module, Path],
+) -> None:
+    model, path = model_and_onnx
+    inputs = _inputs(batch=2)
+    by_torch = TorchBackend(model, CONFIG, "cpu").run(inputs)
+    by_ort = OnnxRuntimeBackend(path, "cpu").run(inputs)
+    for name in model_io.OUTPUT_NAMES:
+        assert by_torch[name].shape[0] == 2
+        np.testing.assert_allclose(by_torch[name], by_ort[name], atol=1e-4, err_msg=name)
+
+
+def test_backends_refuse_wrong_inputs(model_and_onnx: tuple[torch.nn.Module, Path]) -> None:
+    model, path = model_and_onnx
+    inputs = _inputs()
+    del inputs["imu_features"]
+    for backend in (TorchBackend(model, CONFIG, "cpu"), OnnxRuntimeBackend(path, "cpu")):
+        with pytest.raises(InputDataError, match="missing \\['imu_features'\\]"):
+            backend.run(inputs)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="a CUDA GPU is visible")
+def test_cuda_device_refused_without_gpu(model_and_onnx: tuple[torch.nn.Module, Path]) -> None:
+    model, _ = model_and_onnx
+    with pytest.raises(BackendUnavailableError, match="no CUDA GPU"):
+        TorchBackend(model, CONFIG, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_torch_cuda_matches_cpu(model_and_onnx: tuple[torch.nn.Module, Path]) -> None:
+    model, _ = model_and_onnx
+    inputs = _inputs()
+    on_cpu = TorchBackend(model, CONFIG, "cpu").run(inputs)
+    on_gpu = TorchBackend(model, CONFIG, "cuda").run(inputs)
+    for name in model_io.OUTPUT_NAMES:
+        np.testing.assert_allclose(on_gpu[name], on_cpu[name], atol=1e-3, err_msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TENSORRT), reason="needs a CUDA GPU and TensorRT")
+def test_tensorrt_matches_torch(model_and_onnx: tuple[torch.nn.Module, Path]) -> None:
+    from peftdml_ros.core.backends.tensorrt_backend import TensorRTBackend
+
+    model, path = model_and_onnx
+    inputs = _inputs()
+    reference = TorchBackend(model, CONFIG, "cpu").run(inputs)
+    for fp16, tolerance in ((False, 1e-3), (True, 5e-2)):
+        backend = TensorRTBackend(path, "cuda", fp16=fp16)
+        outputs = backend.run(inputs)
+        for name in ("heatmap", "center_offset", "log_size"):
+            np.testing.assert_allclose(outputs[name], reference[name], atol=tolerance)
+    assert (path.parent / "tensorrt_timing.cache").is_file()
+    assert path.with_suffix(".fp16.engine").is_file()
+    auto = create_backend("auto", path, "auto")  # the cached engine is reused
+    assert auto.name == "tensorrt" and "TensorRT available" in auto.selection_reason
