@@ -1,0 +1,127 @@
+"""Pictures people would rather look at than tables: bird's-eye views and frame timelines."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from peftdml_ros.core.types import NUSCENES_CLASSES, Detections
+
+# One color per class (tab10), the same in every picture.
+CLASS_COLORS: tuple[str, ...] = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)  # fmt: skip
+
+
+def box_corners_bev(detections: Detections) -> npt.NDArray[np.float64]:
+    """[N, 4, 2] BEV corners (x, y) of each box, counter-clockwise from front-left."""
+    half_l = detections.size_wlh_m[:, 1].astype(np.float64) / 2
+    half_w = detections.size_wlh_m[:, 0].astype(np.float64) / 2
+    local = np.stack(
+        [np.stack([half_l, half_w], -1), np.stack([-half_l, half_w], -1),
+         np.stack([-half_l, -half_w], -1), np.stack([half_l, -half_w], -1)], axis=1
+    )  # fmt: skip
+    cos, sin = np.cos(detections.yaw_rad), np.sin(detections.yaw_rad)
+    rotation = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], axis=1)
+    corners: npt.NDArray[np.float64] = np.einsum("nij,nkj->nki", rotation, local)
+    return corners + detections.center_m[:, None, :2].astype(np.float64)
+
+
+def plot_bev(
+    path: Path,
+    *,
+    points_xy: npt.NDArray[np.float32] | None,
+    ground_truth: Detections | None,
+    detections: Detections,
+    range_m: float = 51.2,
+    title: str = "",
+) -> Path:
+    """BEV picture: LiDAR points (grey), ground truth (dashed black), detections (class color)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    figure, axes = plt.subplots(figsize=(9, 9), dpi=110)
+    if points_xy is not None and len(points_xy):
+        axes.scatter(points_xy[:, 0], points_xy[:, 1], s=0.2, c="#9a9a9a", linewidths=0)
+    if ground_truth is not None:
+        for corners in box_corners_bev(ground_truth):
+            closed = np.vstack([corners, corners[:1]])
+            axes.plot(closed[:, 0], closed[:, 1], "k--", linewidth=0.9)
+    for corners, label, score in zip(
+        box_corners_bev(detections), detections.label, detections.score, strict=True
+    ):
+        closed = np.vstack([corners, corners[:1]])
+        color = CLASS_COLORS[int(label)]
+        axes.plot(closed[:, 0], closed[:, 1], color=color, linewidth=1.6)
+        axes.plot(closed[:2, 0], closed[:2, 1], color=color, linewidth=3.0)  # front edge
+        axes.annotate(f"{NUSCENES_CLASSES[int(label)]} {score:.2f}", corners[0], fontsize=6,
+                      color=color)  # fmt: skip
+    axes.plot([0], [0], marker=">", color="red", markersize=10)  # the ego vehicle, heading +x
+    handles = [
+        Line2D([], [], color=c, label=n)
+        for n, c in zip(NUSCENES_CLASSES, CLASS_COLORS, strict=True)
+    ]
+    handles.append(Line2D([], [], color="k", linestyle="--", label="ground truth"))
+    axes.legend(handles=handles, loc="upper right", fontsize=7)
+    axes.set_xlim(-range_m, range_m)
+    axes.set_ylim(-range_m, range_m)
+    axes.set_aspect("equal")
+    axes.set_xlabel("x forward (m)")
+    axes.set_ylabel("y left (m)")
+    axes.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def plot_timeline(
+    path: Path,
+    *,
+    times_s: Sequence[float],
+    triggers: Sequence[str],
+    modalities: Sequence[str],
+    detections: Sequence[int],
+    dropouts: Sequence[tuple[str, float, float]] = (),
+    title: str = "",
+) -> Path:
+    """One column per published frame: which sensor triggered it, which modalities it held,
+    and how many detections it gave; shaded spans mark rehearsed sensor dropouts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modality_rows = ("lidar", "radar", "camera", "imu", "gnss")
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(11, 5.5), dpi=110, sharex=True,
+                                         gridspec_kw={"height_ratios": [2, 1]})  # fmt: skip
+    trigger_names = sorted(set(triggers))
+    for row, modality in enumerate(modality_rows):
+        xs = [t for t, present in zip(times_s, modalities, strict=True)
+              if modality in present.split(",")]  # fmt: skip
+        top.scatter(xs, [row] * len(xs), marker="|", s=120, color="#2ca02c")
+    for index, name in enumerate(trigger_names):
+        xs = [t for t, trigger in zip(times_s, triggers, strict=True) if trigger == name]
+        top.scatter(xs, [len(modality_rows) + 0.2 * index] * len(xs), s=6,
+                    label=f"triggered by {name}")  # fmt: skip
+    top.set_yticks(range(len(modality_rows)), [f"{m} present" for m in modality_rows])
+    top.legend(loc="upper right", fontsize=7)
+    bottom.plot(times_s, detections, ".-", linewidth=0.8, markersize=3)
+    bottom.set_ylabel("detections")
+    bottom.set_xlabel("bag time (s)")
+    for topic, start_s, end_s in dropouts:
+        for axes in (top, bottom):
+            axes.axvspan(start_s, end_s, color="#d62728", alpha=0.12)
+        top.annotate(f"{topic} silenced", (start_s, -0.8), fontsize=7, color="#d62728")
+    top.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
