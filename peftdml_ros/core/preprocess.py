@@ -44,6 +44,7 @@ from peftdml_ros.core.errors import ConfigError, InputDataError
 from peftdml_ros.core.types import (
     LIDAR_POINT_FIELDS,
     MODALITIES,
+    NUSCENES_CAMERAS,
     RADAR_POINT_FIELDS,
     CameraImage,
     FloatArray,
@@ -56,15 +57,6 @@ _LOG = logging.getLogger(__name__)
 
 Inputs = dict[str, FloatArray]
 
-# nuScenes camera order (the order of the devkit's sensor table and of most BEV detectors).
-NUSCENES_CAMERAS: tuple[str, ...] = (
-    "CAM_FRONT",
-    "CAM_FRONT_RIGHT",
-    "CAM_FRONT_LEFT",
-    "CAM_BACK",
-    "CAM_BACK_LEFT",
-    "CAM_BACK_RIGHT",
-)
 
 _MEAN = np.asarray(model_io.CAMERA_MEAN, np.float32)
 _STD = np.asarray(model_io.CAMERA_STD, np.float32)

@@ -34,6 +34,26 @@ NUSCENES_CLASSES: tuple[str, ...] = (
 )
 
 
+# The nuScenes rig's channel names, used as sensor names everywhere (dataset, bag, node, model).
+NUSCENES_LIDAR = "LIDAR_TOP"
+NUSCENES_RADARS: tuple[str, ...] = (
+    "RADAR_FRONT",
+    "RADAR_FRONT_LEFT",
+    "RADAR_FRONT_RIGHT",
+    "RADAR_BACK_LEFT",
+    "RADAR_BACK_RIGHT",
+)
+# The devkit's camera order, which is also the model's camera slot order.
+NUSCENES_CAMERAS: tuple[str, ...] = (
+    "CAM_FRONT",
+    "CAM_FRONT_RIGHT",
+    "CAM_FRONT_LEFT",
+    "CAM_BACK",
+    "CAM_BACK_LEFT",
+    "CAM_BACK_RIGHT",
+)
+
+
 class Modality(str, Enum):
     """A sensor modality. The member order is the column order of `modality_mask`."""
 

@@ -16,7 +16,7 @@ Frames and time:
   - nuScenes timestamps are integer microseconds; the core uses integer nanoseconds (x 1000).
 
 Sensor names in the Frame are the nuScenes channel names (LIDAR_TOP, RADAR_FRONT, CAM_FRONT, ...,
-as `core.preprocess.NUSCENES_CAMERAS`), plus "imu" and "gnss" for the derived sensors.
+as `core.types.NUSCENES_CAMERAS`), plus "imu" and "gnss" for the derived sensors.
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ import numpy.typing as npt
 from peftdml_ros.core.errors import ConfigError, InputDataError
 from peftdml_ros.core.types import (
     LIDAR_POINT_FIELDS,
+    NUSCENES_CAMERAS,
     NUSCENES_CLASSES,
+    NUSCENES_LIDAR,
+    NUSCENES_RADARS,
     RADAR_POINT_FIELDS,
     CameraImage,
     Detections,
@@ -50,23 +53,9 @@ from peftdml_ros.core.types import (
 
 _LOG = logging.getLogger(__name__)
 
-LIDAR_CHANNEL = "LIDAR_TOP"
-RADAR_CHANNELS: tuple[str, ...] = (
-    "RADAR_FRONT",
-    "RADAR_FRONT_LEFT",
-    "RADAR_FRONT_RIGHT",
-    "RADAR_BACK_LEFT",
-    "RADAR_BACK_RIGHT",
-)
-# The devkit's (and core.preprocess.NUSCENES_CAMERAS') camera order.
-CAMERA_CHANNELS: tuple[str, ...] = (
-    "CAM_FRONT",
-    "CAM_FRONT_RIGHT",
-    "CAM_FRONT_LEFT",
-    "CAM_BACK",
-    "CAM_BACK_LEFT",
-    "CAM_BACK_RIGHT",
-)
+LIDAR_CHANNEL = NUSCENES_LIDAR
+RADAR_CHANNELS = NUSCENES_RADARS
+CAMERA_CHANNELS = NUSCENES_CAMERAS  # the devkit's camera order, the model's camera slots
 KNOWN_CHANNELS: tuple[str, ...] = (LIDAR_CHANNEL, *RADAR_CHANNELS, *CAMERA_CHANNELS)
 IMU_SENSOR = "imu"
 GNSS_SENSOR = "gnss"

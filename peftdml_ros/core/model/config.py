@@ -18,15 +18,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from peftdml_ros.core.errors import ConfigError
-
-NUSCENES_CAMERAS: tuple[str, ...] = (
-    "CAM_FRONT",
-    "CAM_FRONT_RIGHT",
-    "CAM_FRONT_LEFT",
-    "CAM_BACK",
-    "CAM_BACK_LEFT",
-    "CAM_BACK_RIGHT",
-)
+from peftdml_ros.core.types import NUSCENES_CAMERAS
 
 # The BEV backbones downsample the pillar grid 8x; the fusion grid is 2x coarser.
 _GRID_MULTIPLE = 8

@@ -7,24 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from peftdml_ros.data.nuscenes_reader import NUSCENES_TABLES
 from peftdml_ros.data.synth.rig import RIG
 
 VERSION = "v1.0-synth"
-TABLE_NAMES: tuple[str, ...] = (
-    "attribute",
-    "calibrated_sensor",
-    "category",
-    "ego_pose",
-    "instance",
-    "log",
-    "map",
-    "sample",
-    "sample_annotation",
-    "sample_data",
-    "scene",
-    "sensor",
-    "visibility",
-)
+TABLE_NAMES = NUSCENES_TABLES  # the 13 tables the devkit loads
 
 # The nuScenes category vocabulary (all 23), so tools that map the full list keep working.
 CATEGORIES: tuple[tuple[str, str], ...] = (
