@@ -2,9 +2,9 @@
 profile. Big sensor messages are where DDS set-ups fail first; this measures it on the machine at
 hand instead of trusting a number from elsewhere.
 
-A subscriber runs in a child process (`--role subscriber`); `peftdml bench dds` publishes
+Each case runs a publisher and a subscriber as two fresh processes: the publisher sends
 `--messages` PointCloud2 messages of `--points` points (20 bytes each) at `--rate-hz` once the
-subscriber is matched, then reports how many arrived intact.
+subscriber is matched; the subscriber reports how many arrived intact.
 """
 
 from __future__ import annotations
@@ -83,54 +83,72 @@ def _run_subscriber(expected: int, reliable: bool, timeout_s: float) -> int:
     return 0
 
 
-def run_once(
-    *, messages: int, points: int, rate_hz: float, reliable: bool, profile: Path | None
-) -> DdsBenchResult:
-    """Publish `messages` clouds to a subscriber process; count what arrived intact."""
+def _run_publisher(messages: int, points: int, rate_hz: float, reliable: bool) -> int:
     import rclpy
     from sensor_msgs.msg import PointCloud2
 
+    rclpy.init()
+    node = rclpy.create_node("dds_bench_publisher")
+    publisher = node.create_publisher(PointCloud2, TOPIC, _qos(reliable))
+    match_deadline_s = time.monotonic() + 20.0
+    while publisher.get_subscription_count() == 0 and time.monotonic() < match_deadline_s:
+        time.sleep(0.05)
+    time.sleep(0.5)  # let discovery settle in both directions
+    cloud = _cloud(points, 0)
+    period_s = 1.0 / rate_hz
+    next_s = time.monotonic()
+    for index in range(messages):
+        cloud.header.stamp.sec = index
+        cloud.data = bytes([index % 251]) * (POINT_STEP_BYTES * points)
+        publisher.publish(cloud)
+        next_s += period_s
+        time.sleep(max(0.0, next_s - time.monotonic()))
+    print(f"sent {messages}", flush=True)
+    time.sleep(1.0)  # keep the writer alive while reliable repairs finish
+    node.destroy_node()
+    rclpy.shutdown()
+    return 0
+
+
+def run_once(
+    *, messages: int, points: int, rate_hz: float, reliable: bool, profile: Path | None
+) -> DdsBenchResult:
+    """Publish `messages` clouds from one process to another; count what arrived intact.
+
+    Both ends are fresh processes: Fast DDS reads its XML profile once per process, so a case
+    run in a process that already made a participant would silently keep the earlier transports.
+    """
     env = dict(os.environ)
     env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
     env.pop("FASTDDS_BUILTIN_TRANSPORTS", None)
     if profile is not None:
         env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
-    drain_s = 5.0
-    child = subprocess.Popen(
-        [sys.executable, "-m", "peftdml_ros.ros.dds_bench", "--role", "subscriber",
-         "--messages", str(messages), "--timeout-s", str(messages / rate_hz + 30.0 + drain_s)]
-        + (["--reliable"] if reliable else []),
-        env=env, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    saved = os.environ.copy()
-    os.environ.clear()
-    os.environ.update(env)  # the publisher must use the same transports as the subscriber
+    timeout_s = messages / rate_hz + 40.0
+    common = [
+        sys.executable,
+        "-m",
+        "peftdml_ros.ros.dds_bench",
+        "--messages",
+        str(messages),
+        "--points",
+        str(points),
+        "--rate-hz",
+        str(rate_hz),
+        "--timeout-s",
+        str(timeout_s),
+    ]
+    common += ["--reliable"] if reliable else []  # fmt: skip
+    subscriber = subprocess.Popen([*common, "--role", "subscriber"], env=env,
+                                  stdout=subprocess.PIPE, text=True)  # fmt: skip
+    publisher = subprocess.Popen([*common, "--role", "publisher"], env=env,
+                                 stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        rclpy.init()
-        node = rclpy.create_node("dds_bench_publisher")
-        publisher = node.create_publisher(PointCloud2, TOPIC, _qos(reliable))
-        match_deadline_s = time.monotonic() + 20.0
-        while publisher.get_subscription_count() == 0 and time.monotonic() < match_deadline_s:
-            time.sleep(0.05)
-        time.sleep(0.5)  # let discovery settle in both directions
-        clouds = [_cloud(points, i) for i in range(min(messages, 4))]
-        period_s = 1.0 / rate_hz
-        next_s = time.monotonic()
-        for index in range(messages):
-            cloud = clouds[index % len(clouds)]
-            cloud.header.stamp.sec = index
-            cloud.data = bytes([index % 251]) * len(cloud.data)
-            publisher.publish(cloud)
-            next_s += period_s
-            time.sleep(max(0.0, next_s - time.monotonic()))
-        output, _ = child.communicate(timeout=messages / rate_hz + 60.0 + drain_s)
-        node.destroy_node()
-        rclpy.shutdown()
+        publisher.communicate(timeout=timeout_s + 30.0)
+        output, _ = subscriber.communicate(timeout=timeout_s + 30.0)
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        if child.poll() is None:
-            child.kill()
+        for child in (publisher, subscriber):
+            if child.poll() is None:
+                child.kill()
     received = int(output.strip().splitlines()[-1].split()[-1])
     return DdsBenchResult(
         transport="peftdml profile (SHM 64 MB + UDPv4)" if profile else "Fast DDS defaults",
@@ -193,13 +211,17 @@ def render(result: dict[str, object]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry of the subscriber child process (the publisher side is `peftdml bench dds`)."""
-    parser = argparse.ArgumentParser(description="subscriber side of `peftdml bench dds`")
-    parser.add_argument("--role", choices=("subscriber",), required=True)
+    """Entry of the two child processes of one case (the matrix is `peftdml bench dds`)."""
+    parser = argparse.ArgumentParser(description="one end of a `peftdml bench dds` case")
+    parser.add_argument("--role", choices=("publisher", "subscriber"), required=True)
     parser.add_argument("--messages", type=int, required=True)
+    parser.add_argument("--points", type=int, required=True)
+    parser.add_argument("--rate-hz", type=float, required=True)
     parser.add_argument("--reliable", action="store_true")
     parser.add_argument("--timeout-s", type=float, required=True)
     args = parser.parse_args(argv)
+    if args.role == "publisher":
+        return _run_publisher(args.messages, args.points, args.rate_hz, args.reliable)
     return _run_subscriber(args.messages, args.reliable, args.timeout_s)
 
 

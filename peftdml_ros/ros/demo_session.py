@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from vision_msgs.msg import Detection3DArray
 
@@ -149,11 +149,15 @@ def run_node_on_bag(
     monitor_node = rclpy.create_node("peftdml_demo_monitor", context=context)
     player_node = rclpy.create_node("peftdml_demo_player", context=context)
     monitor = _Monitor(monitor_node, report, namespace)
-    executor = MultiThreadedExecutor(num_threads=2, context=context)
-    for node in (detector_node, monitor_node, player_node):
-        executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    # The detector node gets a single-threaded executor of its own, as `peftdml_node` does
+    # (its callbacks rely on running one at a time); the monitor and player share another.
+    executors = [SingleThreadedExecutor(context=context), SingleThreadedExecutor(context=context)]
+    executors[0].add_node(detector_node)
+    executors[1].add_node(monitor_node)
+    executors[1].add_node(player_node)
+    spinners = [threading.Thread(target=e.spin, daemon=True) for e in executors]
+    for spinner in spinners:
+        spinner.start()
     options = ReplayOptions(rate=rate, clock=True, drops=tuple(DropWindow.parse(d) for d in drops))
     player = BagPlayer(bag, player_node, options)
     started_s = time.monotonic()
@@ -166,8 +170,9 @@ def run_node_on_bag(
         report.wall_s = time.monotonic() - started_s
         player.close()
         monitor.finish()
-        executor.shutdown()
-        spinner.join(timeout=5.0)
+        for executor, spinner in zip(executors, spinners, strict=True):
+            executor.shutdown()
+            spinner.join(timeout=5.0)
         for node in (detector_node, monitor_node, player_node):
             node.destroy_node()
         rclpy.try_shutdown(context=context)
