@@ -482,10 +482,12 @@ class _BagSink:
         image_topic, info_topic = sensor_topics(channel)
         frame = frame_id(channel)
         jpeg = nr.read_jpeg_bytes(self.dataroot / sd["filename"])
-        self._write(image_topic, self.msgs.compressed_image(stamp, frame, jpeg), stamp)
         k = nr.camera_intrinsics(self.nusc, sd)
         info = self.msgs.camera_info(stamp, frame, k, int(sd["width"]), int(sd["height"]))
+        # CameraInfo first: a player keeps write order within a stamp, so a consumer has the
+        # calibration before the first image it applies to.
         self._write(info_topic, info, stamp)
+        self._write(image_topic, self.msgs.compressed_image(stamp, frame, jpeg), stamp)
 
     def _ground_truth(self, sample: dict[str, Any], stamp: int) -> None:
         ref_sd = self.nusc.get("sample_data", sample["data"][nr.LIDAR_CHANNEL])

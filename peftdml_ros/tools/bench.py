@@ -8,6 +8,7 @@ Targets:
         sensor streams at nuScenes rates: 3 inputs (LiDAR, radar, camera), the full nuScenes rig
         (1 LiDAR, 5 radars, 6 cameras, IMU, GNSS), the rig with a dead camera, and the rig with a
         dead LiDAR (camera fallback); frames/s out against the reference rate.
+  model CPU forward time of the default model (PyTorch unmerged/merged, ONNX Runtime).
   dds   large point clouds between two processes over DDS: delivered out of sent with Fast DDS's
         default transports and with config/fastdds_profile.xml (needs rclpy).
 """
@@ -15,6 +16,7 @@ Targets:
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import random
 import statistics
@@ -281,12 +283,30 @@ def _render_sync(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _model_bench() -> Any:
+    """The model benchmark module, imported on use: the other targets need no torch."""
+    return importlib.import_module("peftdml_ros.core.model.bench")
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=1, help="torch / ORT intra-op threads")
+    parser.add_argument("--runs", type=int, default=20, help="timed forwards per path")
+    parser.add_argument("--onnx", action="store_true", help="also time ONNX Runtime (CPU)")
+
+
 TARGETS: dict[str, BenchTarget] = {
     "sync": BenchTarget(
         summary="synchronizer cost per message and output rate on nuScenes-rate streams",
         add_arguments=_sync_arguments,
         run=_run_sync,
         render=_render_sync,
+    ),
+    "model": BenchTarget(
+        summary="CPU forward time of the default model: PyTorch (LoRA unmerged, merged) and "
+        "ONNX Runtime",
+        add_arguments=_model_arguments,
+        run=lambda args: _model_bench().run(args),
+        render=lambda result: _model_bench().render(result),
     ),
     "dds": BenchTarget(
         summary="large PointCloud2 messages between two processes: Fast DDS defaults vs "

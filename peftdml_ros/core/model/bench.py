@@ -1,6 +1,6 @@
 """CPU forward-time benchmark of the model (not a test): PyTorch unmerged/merged and ONNX Runtime.
 
-    python -m peftdml_ros.core.model.bench [--threads 1] [--runs 20] [--onnx]
+    peftdml bench model [--threads 1] [--runs 20] [--onnx]   (arguments: tools/bench.py)
 
 Reports the median and the minimum over `runs` timed forwards (after warm-up) of one frame of
 `example_inputs` with the default ModelConfig. The minimum is the figure to compare on a shared
@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -38,12 +39,8 @@ def time_ms(fn: Callable[[], object], runs: int, label: str) -> tuple[float, flo
     return statistics.median(samples), min(samples)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--threads", type=int, default=1, help="torch / ORT intra-op threads")
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--onnx", action="store_true", help="also time ONNX Runtime (CPU)")
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Median and minimum forward time (ms) per path for one frame of the default config."""
     torch.set_num_threads(args.threads)
     config = ModelConfig()
     model = build_model(config).eval()
@@ -66,10 +63,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["onnxruntime"] = time_ms(
             lambda: session.run(list(OUTPUT_NAMES), feed), args.runs, "onnxruntime"
         )
-    print(f"default ModelConfig, 1 frame, {args.threads} thread(s), {args.runs} runs")
-    for name, (median, best) in results.items():
-        print(f"  {name:<24} median {median:7.1f} ms   min {best:7.1f} ms")
-    return 0
+    return {
+        "threads": args.threads,
+        "runs": args.runs,
+        "paths": {name: {"median_ms": m, "min_ms": b} for name, (m, b) in results.items()},
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = [f"default ModelConfig, 1 frame, {result['threads']} thread(s), {result['runs']} runs"]
+    for name, timing in result["paths"].items():
+        lines.append(
+            f"  {name:<24} median {timing['median_ms']:7.1f} ms   min {timing['min_ms']:7.1f} ms"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from peftdml_ros.tools.bench import main as bench_main
+
+    return bench_main(["model", *(argv or [])])
 
 
 if __name__ == "__main__":
