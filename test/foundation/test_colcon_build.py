@@ -1,0 +1,40 @@
+"""`colcon build` gives the layout that `ros2 run` and `ros2 launch` use on a ROS 2 install."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+# What a checkout holds besides the package sources: never part of a colcon build.
+NOT_SOURCES = (".git", ".venv", "build", "install", "log", "data", "__pycache__", "*.egg-info",
+               ".mypy_cache", ".ruff_cache", ".pytest_cache", ".hypothesis")  # fmt: skip
+
+
+def test_colcon_build_installs_executables_shared_files_and_index(
+    repo_root: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "ws" / "src" / "peftdml_ros"
+    shutil.copytree(repo_root, source, ignore=shutil.ignore_patterns(*NOT_SOURCES))
+    workspace = source.parents[1]
+    colcon = Path(sys.executable).parent / "colcon"
+    env = dict(os.environ, COLCON_HOME=str(tmp_path / "colcon_home"))
+    result = subprocess.run(
+        [str(colcon), "build", "--packages-select", "peftdml_ros", "--event-handlers",
+         "console_direct-"],
+        cwd=workspace, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    prefix = workspace / "install" / "peftdml_ros"
+    for executable in ("peftdml_node", "peftdml"):
+        path = prefix / "lib" / "peftdml_ros" / executable
+        assert path.is_file() and os.access(path, os.X_OK), f"{path} missing or not executable"
+    share = prefix / "share" / "peftdml_ros"
+    for name in ("package.xml", "launch/peftdml.launch.py", "config/peftdml.yaml",
+                 "config/peftdml.schema.json", "config/peftdml.rviz",
+                 "config/fastdds_profile.xml", "models/README.md"):  # fmt: skip
+        assert (share / name).is_file(), f"colcon did not install {name}"
+    assert (prefix / "share/ament_index/resource_index/packages/peftdml_ros").is_file()
