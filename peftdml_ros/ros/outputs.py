@@ -92,6 +92,11 @@ def properties_cloud(detections: Detections, header: Header) -> PointCloud2:
             "index": np.arange(n, dtype=np.uint32),
         }
     )
+    return pointcloud2_message(packed, header)
+
+
+def pointcloud2_message(packed: core_pc.PackedCloud, header: Header) -> PointCloud2:
+    """A sensor_msgs/PointCloud2 carrying the core's packed cloud."""
     return PointCloud2(
         header=header,
         height=packed.height,

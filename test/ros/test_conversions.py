@@ -21,7 +21,6 @@ from sensor_msgs.msg import (
     NavSatFix,
     NavSatStatus,
     PointCloud2,
-    PointField,
 )
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
@@ -30,6 +29,7 @@ from peftdml_ros.core import image as core_image
 from peftdml_ros.core import pointcloud as core_pc
 from peftdml_ros.core.types import LIDAR_POINT_FIELDS, RADAR_POINT_FIELDS, Detections
 from peftdml_ros.ros import conversions as cv
+from peftdml_ros.ros.outputs import pointcloud2_message
 from peftdml_ros.ros.tf_buffer import (
     StaticTransformStore,
     TransformMissingError,
@@ -44,21 +44,7 @@ def _header(frame: str = "sensor", stamp_ns: int = STAMP_NS) -> Header:
 
 
 def _cloud(columns: dict[str, npt.NDArray[Any]], frame: str = "sensor") -> PointCloud2:
-    packed = core_pc.pack_points(columns)
-    return PointCloud2(
-        header=_header(frame),
-        height=packed.height,
-        width=packed.width,
-        fields=[
-            PointField(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count)
-            for f in packed.fields
-        ],
-        is_bigendian=packed.is_bigendian,
-        point_step=packed.point_step,
-        row_step=packed.row_step,
-        data=packed.data,
-        is_dense=packed.is_dense,
-    )
+    return pointcloud2_message(core_pc.pack_points(columns), _header(frame))
 
 
 def _yaw_transform(

@@ -34,7 +34,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import CameraInfo, CompressedImage, PointCloud2, PointField
+from sensor_msgs.msg import CameraInfo, CompressedImage, PointCloud2
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection3DArray
@@ -44,7 +44,7 @@ from peftdml_ros.core import pointcloud as core_pc
 from peftdml_ros.core.types import Modality
 from peftdml_ros.ros.conversions import ns_to_stamp, stamp_to_ns
 from peftdml_ros.ros.node import PeftdmlNode
-from peftdml_ros.ros.outputs import diagnostic_values
+from peftdml_ros.ros.outputs import diagnostic_values, pointcloud2_message
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -185,21 +185,8 @@ def _transform(parent: str, child: str, xyz: tuple[float, float, float]) -> Tran
 
 
 def _cloud(stamp_ns: int, frame: str, columns: dict[str, npt.NDArray[Any]]) -> PointCloud2:
-    packed = core_pc.pack_points(columns)
-    return PointCloud2(
-        header=Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame),
-        height=packed.height,
-        width=packed.width,
-        fields=[
-            PointField(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count)
-            for f in packed.fields
-        ],
-        is_bigendian=packed.is_bigendian,
-        point_step=packed.point_step,
-        row_step=packed.row_step,
-        data=packed.data,
-        is_dense=packed.is_dense,
-    )
+    header = Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame)
+    return pointcloud2_message(core_pc.pack_points(columns), header)
 
 
 def _lidar(stamp_ns: int, n: int = 2000) -> PointCloud2:
