@@ -64,6 +64,15 @@ OUTPUT_NAMES: tuple[str, ...] = (
 
 NUM_MODALITIES = len(MODALITIES)
 
+# Default fixed sizes of the inputs (ModelConfig and PreprocessConfig both start from these, and a
+# model's own config, stored with it, is what preprocessing must use at run time).
+DEFAULT_POINT_CLOUD_RANGE_M: tuple[float, float, float, float, float, float] = (
+    -51.2, -51.2, -5.0, 51.2, 51.2, 3.0,
+)  # fmt: skip
+DEFAULT_MAX_LIDAR_POINTS = 32768  # one nuScenes sweep (~34k points, fewer inside the range)
+DEFAULT_MAX_RADAR_POINTS = 1024
+DEFAULT_IMAGE_SIZE_HW: tuple[int, int] = (128, 224)
+
 # IMU window statistics over the samples since the previous frame (ego frame).
 IMU_FEATURES: tuple[str, ...] = (
     "gyro_mean_x",

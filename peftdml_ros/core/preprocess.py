@@ -74,17 +74,12 @@ class PreprocessConfig:
     """
 
     point_cloud_range_m: tuple[float, float, float, float, float, float] = (
-        -51.2,
-        -51.2,
-        -5.0,
-        51.2,
-        51.2,
-        3.0,
+        model_io.DEFAULT_POINT_CLOUD_RANGE_M
     )
-    max_lidar_points: int = 32768
-    max_radar_points: int = 1024
+    max_lidar_points: int = model_io.DEFAULT_MAX_LIDAR_POINTS
+    max_radar_points: int = model_io.DEFAULT_MAX_RADAR_POINTS
     camera_names: tuple[str, ...] = NUSCENES_CAMERAS
-    image_size_hw: tuple[int, int] = (128, 224)
+    image_size_hw: tuple[int, int] = model_io.DEFAULT_IMAGE_SIZE_HW
     min_course_speed_mps: float = 0.5
 
     def __post_init__(self) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from peftdml_ros.core import model_io
 from peftdml_ros.core.errors import ConfigError
 from peftdml_ros.core.types import NUSCENES_CAMERAS
 
@@ -37,18 +38,13 @@ class ModelConfig:
 
     # Geometry of inputs and BEV grid.
     point_cloud_range_m: tuple[float, float, float, float, float, float] = (
-        -51.2,
-        -51.2,
-        -5.0,
-        51.2,
-        51.2,
-        3.0,
+        model_io.DEFAULT_POINT_CLOUD_RANGE_M
     )
     cell_m: float = 0.8
-    max_lidar_points: int = 32768
-    max_radar_points: int = 1024
+    max_lidar_points: int = model_io.DEFAULT_MAX_LIDAR_POINTS
+    max_radar_points: int = model_io.DEFAULT_MAX_RADAR_POINTS
     camera_names: tuple[str, ...] = NUSCENES_CAMERAS
-    image_size_hw: tuple[int, int] = (128, 224)
+    image_size_hw: tuple[int, int] = model_io.DEFAULT_IMAGE_SIZE_HW
     camera_lift_heights_m: tuple[float, ...] = (-1.0, 0.0, 1.0, 2.0)
 
     # Widths of the (frozen) backbones.
