@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from peftdml_ros.core.errors import InputDataError
+from peftdml_ros.core.errors import ConfigError, InputDataError
 
 RgbImage = npt.NDArray[np.uint8]  # [H, W, 3] RGB
 
@@ -173,7 +173,10 @@ def decode_compressed(data: Any, *, reduction: int = 1, fmt: str = "") -> RgbIma
     """
     flag = _REDUCED_FLAG.get(reduction)
     if flag is None:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction}")
+        raise ConfigError(
+            f"camera decode reduction must be one of {REDUCTIONS}, got {reduction}; fix "
+            "input.camera_decode_reduction"
+        )
     buffer = _as_uint8(data)
     kind = check_format(fmt, buffer)
     if kind == "jpeg" and _JPEG_EOI not in bytes(buffer[-_EOI_SEARCH_BYTES:]):

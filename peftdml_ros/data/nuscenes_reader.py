@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from peftdml_ros.core.errors import ConfigError, InputDataError
+from peftdml_ros.core.preprocess import scale_intrinsics
 from peftdml_ros.core.types import (
     LIDAR_POINT_FIELDS,
     NUSCENES_CAMERAS,
@@ -453,21 +454,6 @@ def camera_intrinsics(nusc: Any, sample_data: dict[str, Any]) -> F64Array:
     return k
 
 
-def scale_intrinsics(k: F64Array, scale_x: float, scale_y: float) -> F64Array:
-    """K of an image resized by (scale_x, scale_y), half-pixel rule c' = (c + 0.5) s - 0.5.
-
-    The rule of core.preprocess, so both resizes compose; libjpeg's DCT scaling averages
-    s x s blocks, which is the same sampling geometry.
-    """
-    out = np.array(k, dtype=np.float64)
-    out[0, 0] *= scale_x
-    out[0, 1] *= scale_x
-    out[1, 1] *= scale_y
-    out[0, 2] = (k[0, 2] + 0.5) * scale_x - 0.5
-    out[1, 2] = (k[1, 2] + 0.5) * scale_y - 0.5
-    return out
-
-
 # ------------------------------------------------------------------------------------ records
 
 
@@ -716,7 +702,9 @@ class NuScenesReader:
                 "the full image size to scale the intrinsics"
             )
         k = scale_intrinsics(
-            camera_intrinsics(self.nusc, sd), image.shape[1] / full_w, image.shape[0] / full_h
+            camera_intrinsics(self.nusc, sd).astype(np.float32),
+            image.shape[1] / full_w,
+            image.shape[0] / full_h,
         )
         ref_from_cam = (
             global_to_ref @ global_from_ego(self.nusc, sd) @ ego_from_sensor(self.nusc, sd)

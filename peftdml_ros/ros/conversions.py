@@ -32,6 +32,7 @@ from vision_msgs.msg import (
 from peftdml_ros.core import image as core_image
 from peftdml_ros.core import pointcloud as core_pc
 from peftdml_ros.core.errors import InputDataError
+from peftdml_ros.core.preprocess import scale_intrinsics
 from peftdml_ros.core.types import (
     LIDAR_POINT_FIELDS,
     NUSCENES_CLASSES,
@@ -220,14 +221,12 @@ def camera_info_to_calibration(msg: CameraInfo) -> CameraCalibration:
 def _scaled_intrinsics(
     calibration: CameraCalibration, source_hw: tuple[int, int], out_hw: tuple[int, int]
 ) -> FloatArray:
-    """K for the decoded image: scaled by decoded size / calibrated size, per axis."""
+    """K for the decoded image: scaled by decoded size / calibrated size, per axis, with the
+    half-pixel rule the training data and preprocessing use (core.preprocess.scale_intrinsics)."""
     cal_h, cal_w = calibration.size_hw
     if cal_h <= 0 or cal_w <= 0:
         cal_h, cal_w = source_hw  # CameraInfo without a size: K is for the published image
-    k = calibration.intrinsics.astype(np.float32).copy()
-    k[0, :] *= out_hw[1] / cal_w
-    k[1, :] *= out_hw[0] / cal_h
-    return k
+    return scale_intrinsics(calibration.intrinsics, out_hw[1] / cal_w, out_hw[0] / cal_h)
 
 
 def compressed_to_core(
@@ -239,8 +238,10 @@ def compressed_to_core(
     reduction: int,
 ) -> CameraImage:
     """CompressedImage (JPEG/PNG) -> CameraImage decoded at 1/reduction, K scaled to match."""
-    source_hw = core_image.compressed_image_size(msg.data)
     rgb = core_image.decode_compressed(msg.data, reduction=reduction, fmt=msg.format)
+    source_hw = calibration.size_hw
+    if source_hw[0] <= 0 or source_hw[1] <= 0:  # only then is the encoded size needed
+        source_hw = core_image.compressed_image_size(msg.data)
     k = _scaled_intrinsics(calibration, source_hw, (rgb.shape[0], rgb.shape[1]))
     return CameraImage(
         sensor, stamp_to_ns(msg.header.stamp), rgb, k, ego_from_camera.astype(np.float32)

@@ -209,8 +209,9 @@ def test_compressed_image_is_decoded_reduced_with_scaled_intrinsics() -> None:
     image = cv.compressed_to_core(msg, "CAM_FRONT", calibration, ego_from_cam, reduction=2)
     assert image.image.shape == (32, 48, 3) and image.image.dtype == np.uint8
     assert image.image[16, 5, 0] > 200 and image.image[16, 40, 0] < 50  # RGB order kept
-    np.testing.assert_allclose(image.intrinsics[0], [50.0, 0.0, 24.0])
-    np.testing.assert_allclose(image.intrinsics[1], [0.0, 55.0, 16.0])
+    # Half-pixel rule, as in training data and preprocessing: c' = (c + 0.5) s - 0.5, f' = f s.
+    np.testing.assert_allclose(image.intrinsics[0], [50.0, 0.0, (48.0 + 0.5) * 0.5 - 0.5])
+    np.testing.assert_allclose(image.intrinsics[1], [0.0, 55.0, (32.0 + 0.5) * 0.5 - 0.5])
     np.testing.assert_allclose(image.camera_to_ego, ego_from_cam, atol=1e-6)
 
 

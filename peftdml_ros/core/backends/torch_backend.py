@@ -64,8 +64,9 @@ class TorchBackend:
     ) -> TorchBackend:
         """The default model with seeded random (untrained) weights: real outputs, no skill."""
         config = config or ModelConfig()
-        torch.manual_seed(seed)
-        model = build_model(config)
+        with torch.random.fork_rng(devices=[]):  # the caller's global RNG state is left alone
+            torch.manual_seed(seed)
+            model = build_model(config)
         _LOG.warning(
             "NO TRAINED MODEL GIVEN: running the default PEFT-DML model with UNTRAINED weights "
             "(seed %d). Its detections are meaningless; train one with `peftdml train` and set "
