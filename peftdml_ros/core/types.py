@@ -17,6 +17,10 @@ import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float32]
+
+# WGS-84 equatorial radius, m: the sphere used wherever lat/lon and local east/north metres are
+# converted (GNSS derived from nuScenes poses, GNSS velocity in the node), so both agree.
+EARTH_RADIUS_M = 6_378_137.0
 IntArray = npt.NDArray[np.int64]
 
 # The 10 nuScenes detection classes, in nuScenes order; a label is an index into this tuple.

@@ -33,9 +33,11 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from peftdml_ros.core import radar as core_radar
 from peftdml_ros.core.errors import ConfigError, InputDataError
 from peftdml_ros.core.preprocess import scale_intrinsics
 from peftdml_ros.core.types import (
+    EARTH_RADIUS_M,
     LIDAR_POINT_FIELDS,
     NUSCENES_CAMERAS,
     NUSCENES_CLASSES,
@@ -90,16 +92,9 @@ MAP_ORIGINS_LATLON_DEG: dict[str, tuple[float, float]] = {
     "singapore-queenstown": (1.2782562240223188, 103.76741409301758),
     "synthetic": (48.1351, 11.5820),
 }
-# Mean Earth radius (m), the one the devkit's export_poses.py uses.
-EARTH_RADIUS_M = 6378137.0
 
 # LiDAR .bin: float32 x, y, z, intensity, ring index.
 LIDAR_BIN_COLUMNS = 5
-# Radar filters applied by the reader (the devkit's RadarPointCloud defaults): keep clusters
-# whose invalid_state, dynProp and ambig_state are in these sets. The bag keeps every cluster.
-RADAR_VALID_INVALID_STATES: tuple[int, ...] = (0,)
-RADAR_VALID_DYNPROP_STATES: tuple[int, ...] = tuple(range(7))
-RADAR_VALID_AMBIG_STATES: tuple[int, ...] = (3,)
 CAMERA_DOWNSCALES: dict[int, int] = {
     1: cv2.IMREAD_COLOR,
     2: cv2.IMREAD_REDUCED_COLOR_2,
@@ -486,8 +481,11 @@ class NuScenesReader:
     lidar_sweeps: LiDAR sweeps merged per record, the keyframe's own included (1 = keyframe
     only); radar_sweeps: the same per radar. camera_downscale: decode JPEGs at 1/1, 1/2, 1/4
     or 1/8 size (intrinsics scaled to match). imu_window_s: CAN ms_imu samples in
-    (t - window, t] go with the record. can_bus: read <dataroot>/can_bus for the IMU; False
-    leaves IMU absent in every record (for a download without the CAN bus expansion).
+    (max(t - window, previous LiDAR sweep), t] go with the record: exactly what the node's
+    synchronizer gives a LiDAR-triggered frame (samples since the previous frame, capped), so
+    IMU features are computed over the same window in training and on the vehicle. can_bus:
+    read <dataroot>/can_bus for the IMU; False leaves IMU absent in every record (for a download
+    without the CAN bus expansion).
     radar_filter: keep only the clusters the devkit keeps by default. gt_min_points: drop
     ground-truth boxes with fewer lidar + radar points (the nuScenes evaluation ignores boxes
     with 0; 1 matches it, 0 keeps every box).
@@ -502,7 +500,7 @@ class NuScenesReader:
         lidar_sweeps: int = 10,
         radar_sweeps: int = 6,
         camera_downscale: int = 4,
-        imu_window_s: float = 0.5,
+        imu_window_s: float = 1.0,
         can_bus: bool = True,
         radar_filter: bool = True,
         gt_min_points: int = 0,
@@ -591,7 +589,12 @@ class NuScenesReader:
             for ch in CAMERA_CHANNELS
             if ch in channels
         )
-        imu = self._imu(scene["name"], ref_us * US_TO_NS)
+        previous_sweep_ns = (
+            int(self.nusc.get("sample_data", ref_sd["prev"])["timestamp"]) * US_TO_NS
+            if ref_sd["prev"]
+            else None
+        )
+        imu = self._imu(scene["name"], ref_us * US_TO_NS, previous_sweep_ns)
         ego_to_global = np.linalg.inv(global_to_ref)
         gnss = self._gnss(ref_sd, location, ego_to_global)
         present = {ch: ch in channels for ch in KNOWN_CHANNELS}
@@ -667,20 +670,15 @@ class NuScenesReader:
         cloud = read_radar_pcd(path)
         names = {name for name, _ in cloud.fields}
         needed: tuple[str, ...] = ("x", "y", "z", "rcs", "vx_comp", "vy_comp")
-        needed_filter = ("invalid_state", "dyn_prop", "ambig_state")
         if self.radar_filter:
-            needed += needed_filter
+            needed += core_radar.STATE_FIELDS
         missing = [n for n in needed if n not in names]
         if missing:
             raise NuScenesDataError(f"{path}: radar PCD lacks field(s) {missing}")
         pts = cloud.points
         if self.radar_filter:
-            keep = (
-                np.isin(pts["invalid_state"], RADAR_VALID_INVALID_STATES)
-                & np.isin(pts["dyn_prop"], RADAR_VALID_DYNPROP_STATES)
-                & np.isin(pts["ambig_state"], RADAR_VALID_AMBIG_STATES)
-            )
-            pts = pts[keep]
+            # The node applies the same rule to live clouds (core.radar); the bag keeps all.
+            pts = pts[core_radar.cluster_keep_mask(*(pts[f] for f in core_radar.STATE_FIELDS))]
         out = np.empty((pts.shape[0], len(RADAR_POINT_FIELDS)), dtype=np.float64)
         xyz = np.stack([pts["x"], pts["y"], pts["z"]], axis=1).astype(np.float64)
         out[:, 0:3] = transform_points(ref_from_sensor, xyz)
@@ -717,11 +715,17 @@ class NuScenesReader:
             camera_to_ego=ref_from_cam.astype(np.float32),
         )
 
-    def _imu(self, scene_name: str, ref_ns: int) -> tuple[ImuSample, ...]:
+    def _imu(
+        self, scene_name: str, ref_ns: int, previous_sweep_ns: int | None
+    ) -> tuple[ImuSample, ...]:
+        """The samples the node's synchronizer gives a LiDAR-triggered frame: those since the
+        previous LiDAR sweep (the previous frame), at most `imu_window_s` old."""
         if self._can is None:
             return ()
         samples = self._can.samples(scene_name)
         lo, hi = ref_ns - self.imu_window_ns, ref_ns
+        if previous_sweep_ns is not None:
+            lo = max(lo, previous_sweep_ns)
         return tuple(s for s in samples if lo < s.stamp_ns <= hi)
 
     def _gnss(self, ref_sd: dict[str, Any], location: str, ego_to_global: F64Array) -> GnssFix:
@@ -812,8 +816,9 @@ def gnss_fix(
     """A GNSS fix derived from a sample_data's ego pose and its map's reference coordinate.
 
     Velocity (east, north) is the difference to the previous sample_data's ego pose of the same
-    channel (the next one at the start of a scene); heading is the ego yaw, ENU
-    (counter-clockwise from east). Altitude is the ego z above the map origin (0 in nuScenes).
+    channel (the next one at the start of a scene). No heading: a NavSatFix has none, so, as on
+    the vehicle, preprocessing derives the course from the velocity. Altitude is the ego z
+    above the map origin (0 in nuScenes).
     """
     pose = ego_to_global if ego_to_global is not None else global_from_ego(nusc, sd)
     lat, lon = latlon_of(location, float(pose[0, 3]), float(pose[1, 3]))
@@ -832,7 +837,7 @@ def gnss_fix(
         longitude_deg=lon,
         altitude_m=float(pose[2, 3]),
         velocity_en_mps=velocity,
-        heading_rad=yaw_of(pose[:3, :3]),
+        heading_rad=None,
     )
 
 

@@ -31,9 +31,11 @@ from vision_msgs.msg import (
 
 from peftdml_ros.core import image as core_image
 from peftdml_ros.core import pointcloud as core_pc
+from peftdml_ros.core import radar as core_radar
 from peftdml_ros.core.errors import InputDataError
 from peftdml_ros.core.preprocess import scale_intrinsics
 from peftdml_ros.core.types import (
+    EARTH_RADIUS_M,
     LIDAR_POINT_FIELDS,
     NUSCENES_CLASSES,
     RADAR_POINT_FIELDS,
@@ -47,8 +49,6 @@ from peftdml_ros.core.types import (
 from peftdml_ros.ros.tf_buffer import quaternion_to_matrix
 
 NS_PER_S = 1_000_000_000
-# Mean Earth radius (m) for the local east/north approximation between two consecutive fixes.
-EARTH_RADIUS_M = 6_371_000.0
 LIDAR_MESSAGE_FIELDS: tuple[str, ...] = ("x", "y", "z", "intensity")
 RADAR_MESSAGE_FIELDS: tuple[str, ...] = ("x", "y", "z", "rcs", "vx_comp", "vy_comp")
 
@@ -183,8 +183,16 @@ def radar_to_core(
 
     x, y, z are transformed; the compensated velocity (vx_comp, vy_comp; planar in the radar
     frame) is rotated into the ego frame. An empty cloud is valid (the radar saw nothing).
+    Clouds that carry the nuScenes cluster states (invalid_state, dyn_prop, ambig_state) keep
+    only the clusters the training data keeps (core.radar); others are used whole.
     """
     points = core_pc.points_as_array(msg, RADAR_MESSAGE_FIELDS, max_points=max_points)  # type: ignore[arg-type]
+    field_names = {field.name for field in msg.fields}  # type: ignore[attr-defined]
+    if points.shape[0] and set(core_radar.STATE_FIELDS) <= field_names:
+        states = core_pc.unpack_points(msg, core_radar.STATE_FIELDS, max_points=max_points)  # type: ignore[arg-type]
+        points = points[
+            core_radar.cluster_keep_mask(*(states[f] for f in core_radar.STATE_FIELDS))
+        ]
     if points.shape[0]:
         points = _finite_rows(points, "radar")
     out = np.zeros((points.shape[0], len(RADAR_POINT_FIELDS)), dtype=np.float32)
@@ -342,12 +350,12 @@ class GnssConverter:
 
     Velocity (east, north) m/s = displacement on a local sphere / time between fixes; it is None
     for the first fix, after a gap longer than `max_gap_s`, and after time went back (bag loop).
-    Heading is the course of that velocity when faster than `min_course_speed_mps`.
+    No heading (a NavSatFix has none): preprocessing derives the course from the velocity, with
+    the same rule as for training data.
     """
 
-    def __init__(self, max_gap_s: float = 2.0, min_course_speed_mps: float = 0.5) -> None:
+    def __init__(self, max_gap_s: float = 2.0) -> None:
         self._max_gap_ns = int(max_gap_s * NS_PER_S)
-        self._min_course_speed_mps = min_course_speed_mps
         self._previous: GnssFix | None = None
 
     def reset(self) -> None:
@@ -360,33 +368,24 @@ class GnssConverter:
         if abs(lat) > 90.0 or abs(lon) > 180.0:
             raise ConversionError(f"fix ({lat}, {lon}) is outside WGS-84 degree ranges")
         stamp_ns = stamp_to_ns(msg.header.stamp)
-        velocity, heading = self._velocity(stamp_ns, lat, lon)
-        fix = GnssFix(stamp_ns, lat, lon, alt, velocity, heading)
+        fix = GnssFix(stamp_ns, lat, lon, alt, self._velocity(stamp_ns, lat, lon), None)
         self._previous = fix
         return fix
 
-    def _velocity(
-        self, stamp_ns: int, lat: float, lon: float
-    ) -> tuple[tuple[float, float] | None, float | None]:
+    def _velocity(self, stamp_ns: int, lat: float, lon: float) -> tuple[float, float] | None:
         previous = self._previous
         if previous is None:
-            return None, None
+            return None
         dt_ns = stamp_ns - previous.stamp_ns
         if dt_ns <= 0 or dt_ns > self._max_gap_ns:
-            return None, None
+            return None
         mean_lat_rad = math.radians(0.5 * (lat + previous.latitude_deg))
         east_m = (
             math.radians(lon - previous.longitude_deg) * EARTH_RADIUS_M * math.cos(mean_lat_rad)
         )
         north_m = math.radians(lat - previous.latitude_deg) * EARTH_RADIUS_M
         dt_s = dt_ns / NS_PER_S
-        velocity = (east_m / dt_s, north_m / dt_s)
-        speed = math.hypot(*velocity)
-        # course from east/north: 0 = east, counter-clockwise (same sense as yaw around +z)
-        heading = (
-            math.atan2(velocity[1], velocity[0]) if speed > self._min_course_speed_mps else None
-        )
-        return velocity, heading
+        return (east_m / dt_s, north_m / dt_s)
 
 
 # ------------------------------------------------------------------------- detections (output)

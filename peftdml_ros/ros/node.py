@@ -342,9 +342,9 @@ class PeftdmlNode(Node):
     def _accept(self, state: _SensorState, stamp_ns: int, now_ns: int) -> None:
         """Health bookkeeping of an accepted message (caller holds the lock)."""
         if state.last_stamp_ns is not None and stamp_ns < state.last_stamp_ns:
-            state.arrivals_ns.clear()  # time went back (bag loop): restart the rate window
-            if state.spec.modality is Modality.GNSS:
-                self._gnss.reset()
+            # Time went back (bag loop): restart the rate window. The GNSS converter already
+            # refuses to difference across the jump and restarts from this fix.
+            state.arrivals_ns.clear()
         state.health.accepted += 1
         state.arrivals_ns.append(now_ns)
         state.last_arrival_ns = now_ns

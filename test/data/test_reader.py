@@ -220,9 +220,14 @@ def test_gnss_is_near_the_map_origin(reader: nr.NuScenesReader) -> None:
     lon_scale = math.cos(math.radians(lat0))
     expected_lon = lon0 + math.degrees(east / (nr.EARTH_RADIUS_M * lon_scale))
     assert fix.longitude_deg == pytest.approx(expected_lon)
-    assert fix.heading_rad == pytest.approx(
-        math.atan2(rec.ego_to_global[1, 0], rec.ego_to_global[0, 0])
-    )
+    # Like a NavSatFix, no heading; the course from the velocity follows the ego's yaw.
+    assert fix.heading_rad is None
+    assert fix.velocity_en_mps is not None
+    v_east, v_north = fix.velocity_en_mps
+    assert math.hypot(v_east, v_north) > 1.0  # the generated ego drives
+    yaw = math.atan2(rec.ego_to_global[1, 0], rec.ego_to_global[0, 0])
+    course = math.atan2(v_north, v_east)
+    assert abs(math.remainder(course - yaw, math.tau)) < 0.1
 
 
 def test_custom_split_and_bad_split(dataroot: Path, reader: nr.NuScenesReader) -> None:

@@ -27,7 +27,9 @@ from tf2_msgs.msg import TFMessage
 
 from peftdml_ros.core import image as core_image
 from peftdml_ros.core import pointcloud as core_pc
-from peftdml_ros.core.types import LIDAR_POINT_FIELDS, RADAR_POINT_FIELDS, Detections
+from peftdml_ros.core.model_io import GNSS_FEATURES
+from peftdml_ros.core.preprocess import gnss_features
+from peftdml_ros.core.types import LIDAR_POINT_FIELDS, RADAR_POINT_FIELDS, Detections, Frame
 from peftdml_ros.ros import conversions as cv
 from peftdml_ros.ros.outputs import pointcloud2_message
 from peftdml_ros.ros.tf_buffer import (
@@ -125,6 +127,23 @@ def test_radar_velocity_is_rotated_into_the_ego_frame() -> None:
     np.testing.assert_allclose(cloud.points[:, :3], [[3.0, 10.0, 0.5]] * n, atol=1e-5)
     np.testing.assert_allclose(cloud.points[:, 3], 5.0)
     np.testing.assert_allclose(cloud.points[:, 4:6], [[0.0, 2.0]] * n, atol=1e-5)
+
+
+def test_radar_keeps_the_clusters_training_data_keeps() -> None:
+    # nuScenes-style states: cluster 0 valid; 1 invalid; 2 ambiguous Doppler; 3 unknown dynProp.
+    columns = {
+        "x": np.arange(4, dtype=np.float32) + 10.0,
+        "y": np.zeros(4, np.float32),
+        "z": np.zeros(4, np.float32),
+        "dyn_prop": np.array([0, 0, 0, 7], np.int8),
+        "rcs": np.ones(4, np.float32),
+        "vx_comp": np.zeros(4, np.float32),
+        "vy_comp": np.zeros(4, np.float32),
+        "ambig_state": np.array([3, 3, 1, 3], np.int8),
+        "invalid_state": np.array([0, 5, 0, 0], np.int8),
+    }
+    cloud = cv.radar_to_core(_cloud(columns), "RADAR_FRONT", np.eye(4), max_points=10)
+    np.testing.assert_allclose(cloud.points[:, 0], [10.0])
 
 
 def test_an_empty_radar_cloud_is_valid() -> None:
@@ -275,12 +294,18 @@ def test_gnss_velocity_comes_from_consecutive_fixes() -> None:
     second = converter.convert(_fix(STAMP_NS + 1_000_000_000, 42.0 + north_deg, -71.0))
     assert second.velocity_en_mps is not None
     np.testing.assert_allclose(second.velocity_en_mps, (0.0, 10.0), atol=1e-6)
-    assert second.heading_rad is not None
-    assert math.isclose(second.heading_rad, math.pi / 2, abs_tol=1e-6)
+    # No heading from a NavSatFix: preprocessing derives the course, as for training data.
+    assert second.heading_rad is None
+    frame = Frame(stamp_ns=second.stamp_ns, trigger_sensor="LIDAR_TOP", gnss=second)
+    features = dict(zip(GNSS_FEATURES, gnss_features(frame), strict=True))
+    assert math.isclose(features["heading_sin"], 1.0, abs_tol=1e-6)  # due north
+    assert math.isclose(features["heading_cos"], 0.0, abs_tol=1e-6)
     with pytest.raises(cv.NoFixError):
         converter.convert(_fix(STAMP_NS, 42.0, -71.0, NavSatStatus.STATUS_NO_FIX))
     back = converter.convert(_fix(STAMP_NS - 5_000_000_000, 42.0, -71.0))  # bag loop
     assert back.velocity_en_mps is None
+    after = converter.convert(_fix(STAMP_NS - 4_000_000_000, 42.0 + north_deg, -71.0))
+    assert after.velocity_en_mps is not None  # differencing resumes from the first fix after
 
 
 # ------------------------------------------------------------------------------- transforms

@@ -104,7 +104,7 @@ def detection_losses(
         + (pred["center_z"] - targets.z).abs().sum(-1)
         + (pred["log_size"] - targets.log_size).abs().sum(-1)
         + (pred["yaw_sin_cos"] - targets.yaw_sin_cos).abs().sum(-1)
-        + (pred["velocity"] - targets.velocity).abs().sum(-1)
+        + (pred["velocity"] - targets.velocity).abs().sum(-1) * targets.velocity_valid
     )
     l1 = (l1_terms * mask).sum() / count
     attribute = _attribute_loss(outputs["attribute_logits"], targets)

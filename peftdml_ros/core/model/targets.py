@@ -32,6 +32,8 @@ class BevTargets:
     heatmap [B, K, H_B, W_B]; indices [B, M] flattened output cell (row * W_B + col);
     mask [B, M] 1.0 for real objects; labels [B, M]; offset [B, M, 2] (cells); z [B, M, 1] (m);
     log_size [B, M, 3]; yaw_sin_cos [B, M, 2]; velocity [B, M, 2] (m/s);
+    velocity_valid [B, M] 1.0 where the ground truth has a velocity (the devkit gives NaN for
+    objects annotated once: those are not taught "0 m/s");
     attribute [B, M] index into ATTRIBUTES or -1; instance [B, M] track id or -1.
     """
 
@@ -44,6 +46,7 @@ class BevTargets:
     log_size: torch.Tensor
     yaw_sin_cos: torch.Tensor
     velocity: torch.Tensor
+    velocity_valid: torch.Tensor
     attribute: torch.Tensor
     instance: torch.Tensor
 
@@ -117,6 +120,7 @@ def _frame_targets(
         "log_size": np.zeros((slots, 3), np.float32),
         "yaw_sin_cos": np.zeros((slots, 2), np.float32),
         "velocity": np.zeros((slots, 2), np.float32),
+        "velocity_valid": np.zeros((slots,), np.float32),
         "attribute": np.full((slots,), -1, np.int64),
         "instance": np.full((slots,), -1, np.int64),
     }
@@ -142,7 +146,9 @@ def _frame_targets(
         out["log_size"][slot] = np.log(np.maximum(boxes.size_wlh_m[i], 1e-3))
         yaw = float(boxes.yaw_rad[i])
         out["yaw_sin_cos"][slot] = (math.sin(yaw), math.cos(yaw))
-        out["velocity"][slot] = np.nan_to_num(boxes.velocity_mps[i])
+        known = bool(np.isfinite(boxes.velocity_mps[i]).all())
+        out["velocity"][slot] = boxes.velocity_mps[i] if known else 0.0
+        out["velocity_valid"][slot] = float(known)
         attribute = boxes.attribute[i] if boxes.attribute else ""
         out["attribute"][slot] = ATTRIBUTES.index(attribute) if attribute else -1
         if instance is not None:

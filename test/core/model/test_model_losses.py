@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -34,6 +35,26 @@ def test_perfect_box_prediction_gives_zero_box_loss() -> None:
     assert float(losses["box_iou"]) < 1e-5
     assert float(losses["l1"]) < 1e-5
     assert float(losses["attribute"]) < 1e-5
+
+
+def test_unknown_ground_truth_velocity_is_not_taught_as_zero() -> None:
+    config = small_config()
+    boxes = random_boxes(np.random.default_rng(1), 4, 20.0)
+    velocity = boxes.velocity_mps.copy()
+    velocity[0] = np.nan  # the devkit's "cannot estimate" (an object annotated once)
+    boxes = dataclasses.replace(boxes, velocity_mps=velocity)
+    targets = build_targets([boxes], config)
+    assert targets.velocity_valid.sum() == 3 and torch.isfinite(targets.velocity).all()
+    outputs = perfect_outputs(targets, config)
+    base = float(detection_losses(outputs, targets, config)["l1"])
+    # Any velocity predicted for the unknown object costs nothing; for a known one it does.
+    for slot, expect_change in ((int(torch.argmin(targets.velocity_valid[0])), False),
+                                (int(torch.argmax(targets.velocity_valid[0])), True)):  # fmt: skip
+        shifted = {k: v.clone() for k, v in outputs.items()}
+        cell = int(targets.indices[0, slot])
+        shifted["velocity"].view(1, 2, -1)[0, :, cell] += 5.0
+        changed = float(detection_losses(shifted, targets, config)["l1"]) != pytest.approx(base)
+        assert changed == expect_change
 
 
 def test_box_loss_grows_with_the_error() -> None:
