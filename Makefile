@@ -7,7 +7,9 @@ PY := $(VENV)/bin/python
 export ROS_HOME ?= $(CURDIR)/build/ros_home
 export ROS_LOG_DIR ?= $(CURDIR)/build/ros_home/log
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+# Fast DDS 3 (Kilted) reads FASTDDS_..., Fast DDS 2 (Humble, Jazzy) FASTRTPS_...
 export FASTDDS_DEFAULT_PROFILES_FILE ?= $(CURDIR)/config/fastdds_profile.xml
+export FASTRTPS_DEFAULT_PROFILES_FILE ?= $(FASTDDS_DEFAULT_PROFILES_FILE)
 export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 export AMENT_PREFIX_PATH := $(CURDIR)/$(VENV)$(if $(AMENT_PREFIX_PATH),:$(AMENT_PREFIX_PATH))
 

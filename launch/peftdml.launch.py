@@ -13,7 +13,8 @@ Arguments:
   model_path    overrides detector.model_path when given
   rviz          true to start RViz with config/peftdml.rviz
 
-FASTDDS_DEFAULT_PROFILES_FILE is set to the package's config/fastdds_profile.xml (large shared
+FASTDDS_DEFAULT_PROFILES_FILE (Fast DDS 3) and FASTRTPS_DEFAULT_PROFILES_FILE (Fast DDS 2) are
+set to the package's config/fastdds_profile.xml (large shared
 memory segments) so that multi-megabyte point clouds and images arrive between processes; it
 applies when the RMW is rmw_fastrtps_cpp (the default).
 
@@ -87,8 +88,12 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument(
                 "rviz", default_value="false", description="Start RViz with config/peftdml.rviz"
             ),
+            # Fast DDS 3 (Kilted) reads the first name, Fast DDS 2 (Humble, Jazzy) the second.
             SetEnvironmentVariable(
                 "FASTDDS_DEFAULT_PROFILES_FILE", str(config_dir / "fastdds_profile.xml")
+            ),
+            SetEnvironmentVariable(
+                "FASTRTPS_DEFAULT_PROFILES_FILE", str(config_dir / "fastdds_profile.xml")
             ),
             OpaqueFunction(function=_node),
             Node(

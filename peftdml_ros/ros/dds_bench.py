@@ -19,7 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from peftdml_ros.core.errors import ConfigError
+
 TOPIC = "dds_bench/points"
+# Fast DDS 3 (Kilted) and Fast DDS 2 (Humble, Jazzy) name the profile variable differently.
+PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
 POINT_STEP_BYTES = 20  # x, y, z, intensity float32 + ring uint16, padded
 
 
@@ -119,10 +123,12 @@ def run_once(
     run in a process that already made a participant would silently keep the earlier transports.
     """
     env = dict(os.environ)
-    env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
-    env.pop("FASTDDS_BUILTIN_TRANSPORTS", None)
+    for name in (*PROFILE_VARIABLES, "FASTDDS_BUILTIN_TRANSPORTS"):
+        env.pop(name, None)
     if profile is not None:
-        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
+        if not profile.is_file():
+            raise ConfigError(f"Fast DDS profile {profile} does not exist; give --profile FILE")
+        env.update(dict.fromkeys(PROFILE_VARIABLES, str(profile)))
     timeout_s = messages / rate_hz + 40.0
     common = [
         sys.executable,
@@ -160,7 +166,10 @@ def run_once(
 
 
 def default_profile() -> Path:
-    return Path(__file__).resolve().parents[2] / "config" / "fastdds_profile.xml"
+    """The package's profile (source tree or installed share directory)."""
+    from peftdml_ros.ros.params import config_dir
+
+    return config_dir() / "fastdds_profile.xml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

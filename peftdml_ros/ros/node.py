@@ -30,7 +30,6 @@ from typing import Any
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.clock import Clock
-from rclpy.clock_type import ClockType
 from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -47,6 +46,11 @@ from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
+
+try:  # rclpy of Jazzy and later
+    from rclpy.clock_type import ClockType
+except ImportError:  # Humble
+    from rclpy.clock import ClockType  # type: ignore[attr-defined]
 
 from peftdml_ros.core.errors import ConfigError, InputDataError, PeftdmlError
 from peftdml_ros.core.sync import FrameSynchronizer, SyncConfig, SyncedFrame, SyncSensor
@@ -217,6 +221,7 @@ class PeftdmlNode(Node):
         self._processing_ms = outputs.LatencyWindow()
         self._inference_ms = outputs.LatencyWindow()
         self._slot = FrameSlot()
+        self._last_report: tuple[int, int] | None = None  # (frames, errors) at the last report
 
         self._detections_pub = self.create_publisher(Detection3DArray, "~/detections", 10)
         self._properties_pub = self.create_publisher(PointCloud2, "~/detections/properties", 10)
@@ -228,8 +233,12 @@ class PeftdmlNode(Node):
         self.create_timer(
             config.diagnostics_period_s, self._publish_diagnostics, clock=self._steady
         )
-        self.add_on_set_parameters_callback(params.ParameterChangeGuard(self))
-        self.add_post_set_parameters_callback(self._apply_parameters)
+        if hasattr(self, "add_post_set_parameters_callback"):  # Iron and later
+            self.add_on_set_parameters_callback(params.ParameterChangeGuard(self))
+            self.add_post_set_parameters_callback(self._apply_parameters)
+        else:  # Humble: apply from the guard, once it accepted the whole new configuration
+            guard = params.ParameterChangeGuard(self, on_accept=self._apply_config)
+            self.add_on_set_parameters_callback(guard)
         self._worker = threading.Thread(target=self._work, name="peftdml-inference", daemon=True)
         self._worker.start()
         self.get_logger().info(
@@ -500,6 +509,11 @@ class PeftdmlNode(Node):
 
     def _publish_diagnostics(self) -> None:
         sensors, pipeline = self.health_snapshot()
+        frames = pipeline.frames_published + pipeline.frames_skipped
+        if self._last_report is not None:
+            pipeline.stalled = frames == self._last_report[0]
+            pipeline.recent_inference_errors = pipeline.inference_errors - self._last_report[1]
+        self._last_report = (frames, pipeline.inference_errors)
         header = Header(stamp=self.get_clock().now().to_msg())
         self._diagnostics_pub.publish(
             outputs.diagnostics(
@@ -511,7 +525,11 @@ class PeftdmlNode(Node):
 
     def _apply_parameters(self, changed: list[Parameter[Any]]) -> None:
         """Post-set: the guard accepted the values; apply the run-time ones."""
-        config = params.config_from_flat(params.flat_values(self))
+        self._apply_config(params.config_from_flat(params.flat_values(self)))
+        names = ", ".join(f"{p.name}={p.value}" for p in changed)
+        self.get_logger().info(f"parameters changed: {names}")
+
+    def _apply_config(self, config: NodeConfig) -> None:
         with self._lock:
             self._config = config
             self._sync.update_config(
@@ -523,15 +541,19 @@ class PeftdmlNode(Node):
             nms_iou_threshold=config.nms_iou_threshold,
             max_detections=config.max_detections,
         )
-        names = ", ".join(f"{p.name}={p.value}" for p in changed)
-        self.get_logger().info(f"parameters changed: {names}")
 
     # ------------------------------------------------------------------------------- shutdown
 
     def close(self) -> None:
         """Stop the worker (the frame in progress finishes). Call before destroy_node()."""
-        self._slot.close()
-        self._worker.join(timeout=10.0)
+        # A constructor that failed part-way (bad configuration, a model that does not load)
+        # leaves no worker; rclpy still destroys the node, and that must not raise again.
+        slot: FrameSlot | None = getattr(self, "_slot", None)
+        worker: threading.Thread | None = getattr(self, "_worker", None)
+        if slot is not None:
+            slot.close()
+        if worker is not None:
+            worker.join(timeout=10.0)
 
     def destroy_node(self) -> None:
         self.close()
@@ -602,8 +624,9 @@ The PEFT-DML multi-sensor 3D detector as a ROS 2 node (name: peftdml). Every par
 is in the package's parameters file, {params}: pass it (or a complete copy)
 with --params-file. Add -p use_sim_time:=true for bag replay with /clock. Outputs: ~/detections
 (vision_msgs/Detection3DArray), ~/detections/properties, ~/markers, ~/frame_status, /diagnostics.
-Set FASTDDS_DEFAULT_PROFILES_FILE to config/fastdds_profile.xml for large messages between
-processes (the launch file does). See docs/node.md."""
+Set FASTDDS_DEFAULT_PROFILES_FILE (Fast DDS 3; FASTRTPS_DEFAULT_PROFILES_FILE for Fast DDS 2)
+to config/fastdds_profile.xml for large messages between processes (the launch file does).
+See docs/node.md."""
 
 
 def _wants_help(argv: Sequence[str]) -> bool:

@@ -40,6 +40,9 @@ from peftdml_ros.core import model_io
 from peftdml_ros.core import pointcloud as core_pc
 from peftdml_ros.core.types import NUSCENES_CLASSES, Detections, Modality
 
+# Boxes slower than this get no velocity arrow in ~/markers, m/s.
+MIN_ARROW_SPEED_MPS = 0.1
+
 PROPERTY_FIELDS: tuple[str, ...] = (
     "x", "y", "z", "vx", "vy", "score", "label", "attribute", "index",
 )  # fmt: skip
@@ -175,6 +178,8 @@ def markers(detections: Detections, header: Header) -> MarkerArray:
         out.markers.append(text)
 
         vx, vy = (float(v) for v in detections.velocity_mps[i])
+        if math.hypot(vx, vy) < MIN_ARROW_SPEED_MPS:
+            continue  # parked cars, cones: a zero-length arrow would point anywhere
         arrow = Marker(header=header, ns="velocity", id=i, type=Marker.ARROW, action=Marker.ADD)
         arrow.pose.orientation.w = 1.0
         arrow.points = [_point(center), _point((center[0] + vx, center[1] + vy, center[2]))]
@@ -232,6 +237,9 @@ class PipelineHealth:
     frames_dropped: int = 0  # replaced by a newer frame before inference started
     frames_skipped: int = 0  # no subscriber, inference skipped
     inference_errors: int = 0
+    # Since the previous diagnostics report: a status reflects now, not the node's whole life.
+    recent_inference_errors: int = 0
+    stalled: bool = False  # no frame published or skipped for lack of subscribers
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
     processing_p50_ms: float | None = None
@@ -276,19 +284,28 @@ def sensor_status(health: SensorHealth, hardware_id: str) -> DiagnosticStatus:
     ]
     return DiagnosticStatus(
         level=level,
-        name=f"{NODE_DIAGNOSTIC_PREFIX}: sensor {health.name}",
+        name=f"{_status_prefix(hardware_id)}: sensor {health.name}",
         message=message,
         hardware_id=hardware_id,
         values=values,
     )
 
 
+def _status_prefix(hardware_id: str) -> str:
+    """Status names start with the node's fully qualified name ("peftdml", "front/peftdml"):
+    aggregators key on the name, so two detectors in different namespaces stay apart."""
+    return hardware_id.lstrip("/") or NODE_DIAGNOSTIC_PREFIX
+
+
 def pipeline_status(health: PipelineHealth, hardware_id: str) -> DiagnosticStatus:
     level, message = DiagnosticStatus.OK, "running"
     if health.transforms_missing:
         level, message = DiagnosticStatus.WARN, f"missing transforms: {health.transforms_missing}"
-    elif health.inference_errors:
-        level, message = DiagnosticStatus.WARN, "inference errors"
+    elif health.stalled:
+        level, message = DiagnosticStatus.WARN, "no frame in the last period (no sensor data?)"
+    elif health.recent_inference_errors:
+        level = DiagnosticStatus.WARN
+        message = f"{health.recent_inference_errors} inference error(s) in the last period"
     values = [
         KeyValue(key="backend", value=health.backend),
         KeyValue(key="model", value=health.model),
@@ -310,7 +327,7 @@ def pipeline_status(health: PipelineHealth, hardware_id: str) -> DiagnosticStatu
     ]
     return DiagnosticStatus(
         level=level,
-        name=f"{NODE_DIAGNOSTIC_PREFIX}: pipeline",
+        name=f"{_status_prefix(hardware_id)}: pipeline",
         message=message,
         hardware_id=hardware_id,
         values=values,

@@ -14,7 +14,8 @@ The rig is dynamic: `sensors.names` is declared first, then `sensors.<name>.*` f
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -57,6 +58,10 @@ _SENSOR_KEYS = ("modality", "topic", "frame_id")
 
 class MissingParameterError(ConfigError):
     """A required parameter has no value (the parameters file was not passed, or lacks it)."""
+
+
+# Sensor names become parameter namespaces (sensors.<name>.*); the schema has the same pattern.
+SENSOR_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
 class InvalidParameterError(ConfigError):
@@ -272,6 +277,7 @@ def declare_parameters(node: Node) -> NodeConfig:
     for spec in fixed_parameters():
         flat[spec.name] = _declare(node, spec, missing)
     names = flat.get("sensors.names") or []
+    _check_sensor_names(names)  # before declaring sensors.<name>.*, which a bad name would break
     for name in names:
         (modality_spec,) = sensor_parameters(name, None)
         value = _declare(node, modality_spec, missing)
@@ -420,6 +426,22 @@ def check_rig(config: NodeConfig) -> None:
 # ------------------------------------------------------------------------------ run-time changes
 
 
+def _check_sensor_names(names: Sequence[Any]) -> None:
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise InvalidParameterError(f"sensors.names must be a list of strings, got {names!r}")
+    duplicates = sorted({n for n in names if list(names).count(n) > 1})
+    if duplicates:
+        raise InvalidParameterError(
+            f"sensors.names lists {duplicates} more than once; give every sensor one entry"
+        )
+    bad = [n for n in names if not SENSOR_NAME.fullmatch(n) or n == "names"]
+    if bad:
+        raise InvalidParameterError(
+            f"sensor name(s) {bad} are not usable: use letters, digits and _, starting with a "
+            "letter (and not 'names')"
+        )
+
+
 class ParameterChangeGuard:
     """The on-set-parameters callback: accepts a change only if the whole config stays valid.
 
@@ -427,8 +449,10 @@ class ParameterChangeGuard:
     adds the schema's and the cross-field rules, and returns the reason on refusal.
     """
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, on_accept: Callable[[NodeConfig], None] | None = None) -> None:
         self._node = node
+        # Distros without post-set callbacks (Humble) apply an accepted change from here.
+        self._on_accept = on_accept
 
     def __call__(self, parameters: list[Parameter[Any]]) -> SetParametersResult:
         candidate = flat_values(self._node)
@@ -438,9 +462,11 @@ class ParameterChangeGuard:
                 continue  # not ours (use_sim_time, qos overrides...): rclpy handles those
             candidate[parameter.name] = parameter.value
         try:
-            config_from_flat(candidate)
+            config = config_from_flat(candidate)
         except ConfigError as error:
             return SetParametersResult(successful=False, reason=str(error))
+        if self._on_accept is not None:
+            self._on_accept(config)
         return SetParametersResult(successful=True, reason="")
 
 

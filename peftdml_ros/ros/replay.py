@@ -43,9 +43,10 @@ DEFAULT_QOS = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
 )
-# Latched, as tf2_ros's static broadcaster publishes.
+# Latched, as tf2_ros's static broadcaster publishes; a bag from a robot holds one message per
+# static broadcaster, and a late subscriber needs all of them, not only the last.
 TF_STATIC_QOS = QoSProfile(
-    depth=1,
+    depth=100,
     history=HistoryPolicy.KEEP_LAST,
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.TRANSIENT_LOCAL,

@@ -20,8 +20,6 @@ from peftdml_ros.core.errors import ConfigError
 if TYPE_CHECKING:  # the ROS layer is imported only when the demo runs
     from peftdml_ros.ros.demo_session import SessionReport
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL = REPO_ROOT / "models" / "peftdml_synth.pt"
 VERSION = "v1.0-synth"
 NS_PER_S = 1_000_000_000
 
@@ -38,9 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=("small", "full"), default="full")
     parser.add_argument(
         "--model",
-        default=None,
-        help=f"checkpoint/ONNX (default: {DEFAULT_MODEL.relative_to(REPO_ROOT)} "
-        "when present, else the untrained default model)",
+        default="",
+        help="checkpoint, ONNX file or engine (default: the untrained default model, announced "
+        "as such)",
     )
     parser.add_argument(
         "--rate",
@@ -55,7 +53,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="TOPIC@T0-T1",
         help="silence a topic for a window of bag time (s); default: /lidar/points@8-12",
     )
-    parser.add_argument("--params-file", type=Path, default=REPO_ROOT / "config/peftdml.yaml")
+    parser.add_argument(
+        "--params-file",
+        type=Path,
+        default=None,
+        help="node parameters (default: the package's config/peftdml.yaml)",
+    )
     return parser
 
 
@@ -83,20 +86,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if not args.rate > 0:
         raise ConfigError(f"--rate {args.rate} must be > 0")
-    model = args.model if args.model is not None else (
-        str(DEFAULT_MODEL) if DEFAULT_MODEL.is_file() else "")  # fmt: skip
+    model: str = args.model
     drops = tuple(args.drop) if args.drop else ("/lidar/points@8-12",)
     workdir: Path = args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     dataroot, bag = _prepare_bag(workdir, args.seed, args.preset)
 
     from peftdml_ros.ros.demo_session import run_node_on_bag
+    from peftdml_ros.ros.params import default_params_file
+
+    params_file: Path = args.params_file or default_params_file()
 
     print(
         f"[3/4] running peftdml_node on the bag at {args.rate:g}x with /clock; "
         f"dropouts: {', '.join(drops)}; model: {model or 'UNTRAINED default'}"
     )
-    report = run_node_on_bag(bag, params_file=args.params_file, model_path=model,
+    report = run_node_on_bag(bag, params_file=params_file, model_path=model,
                              rate=args.rate, drops=drops)  # fmt: skip
     if not report.frames:
         print("the node published no detections; see the warnings above")

@@ -171,14 +171,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "parity_max_abs_diff": diffs,
         },
     )
+    if not math.isfinite(worst) or worst > args.tolerance:
+        args.out.unlink()  # an unfaithful export must not be left where a node would load it
+        raise ModelArtifactError(
+            f"ONNX Runtime and PyTorch differ by {worst:.3e} (> --tolerance {args.tolerance}); "
+            "the export is not faithful (removed): report it with the checkpoint"
+        )
     target = manifest_path(args.out)
     target.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     print(f"wrote {target}")
-    if not math.isfinite(worst) or worst > args.tolerance:
-        raise ModelArtifactError(
-            f"ONNX Runtime and PyTorch differ by {worst:.3e} (> --tolerance {args.tolerance}); "
-            "the export is not faithful: report it with the checkpoint"
-        )
     if args.bench > 0:
         print(
             f"median ms per frame over {args.bench} runs (CPU, {torch.get_num_threads()} threads):"

@@ -48,18 +48,20 @@ def test_properties_cloud_rows_follow_the_detection_array() -> None:
     assert empty.width == 0 and len(empty.data) == 0
 
 
-def test_markers_clear_first_then_box_label_and_arrow_per_detection() -> None:
+def test_markers_clear_first_then_box_label_and_arrow_per_moving_detection() -> None:
     detections = _detections()
     array = outputs.markers(detections, _header())
     assert array.markers[0].action == Marker.DELETEALL
     body = array.markers[1:]
-    assert len(body) == 3 * len(detections)
+    # A box and a label each; an arrow only for the two moving ones (the cone stands still).
+    assert len(body) == 3 * len(detections) - 1
     boxes = [m for m in body if m.ns == "boxes"]
     labels = [m for m in body if m.ns == "labels"]
     arrows = [m for m in body if m.ns == "velocity"]
     assert [m.id for m in boxes] == [0, 1, 2] and all(m.type == Marker.LINE_LIST for m in boxes)
     assert all(len(m.points) == 24 for m in boxes)  # 12 edges
     assert labels[0].text == "car 0.90" and labels[1].text == "pedestrian 0.40"
+    assert [m.id for m in arrows] == [0, 1]
     end = arrows[0].points[1]
     assert (end.x, end.y) == (13.0, -2.0)
     assert all(m.header.frame_id == "base_link" for m in array.markers)
@@ -82,6 +84,18 @@ def test_latency_window_percentiles() -> None:
     assert window.percentile(50) == 150.5
     p99 = window.percentile(99)
     assert p99 is not None and 199 < p99 <= 200
+
+
+def test_pipeline_status_reflects_the_last_period_and_the_namespace() -> None:
+    healthy = outputs.PipelineHealth(backend="torch", model="m.pt", inference_errors=3)
+    status = outputs.pipeline_status(healthy, "/front/peftdml")
+    assert status.name == "front/peftdml: pipeline"  # two detectors stay apart
+    assert status.level == DiagnosticStatus.OK  # old errors only: the pipeline is fine now
+    failing = outputs.PipelineHealth(backend="torch", model="m.pt", recent_inference_errors=2)
+    assert outputs.pipeline_status(failing, "/peftdml").level == DiagnosticStatus.WARN
+    stalled = outputs.PipelineHealth(backend="torch", model="m.pt", stalled=True)
+    status = outputs.pipeline_status(stalled, "/peftdml")
+    assert status.level == DiagnosticStatus.WARN and "no frame" in status.message
 
 
 def test_diagnostics_report_sensors_and_pipeline() -> None:

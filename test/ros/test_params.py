@@ -78,6 +78,21 @@ def test_a_missing_parameter_is_named(rclpy_context: Any, tmp_path: Path, repo_r
     node.destroy_node()
 
 
+@pytest.mark.parametrize(
+    ("names", "match"),
+    [(["LIDAR_TOP", "IMU", "IMU"], r"\['IMU'\] more than once"), (["LIDAR TOP"], "not usable")],
+)
+def test_bad_sensor_names_are_a_configuration_error(
+    rclpy_context: Any, tmp_path: Path, repo_root: Path, names: list[str], match: str
+) -> None:
+    tree = _yaml_params(repo_root)
+    tree["sensors"]["names"] = names
+    node = _node(rclpy_context, _write_params(tmp_path, tree))
+    with pytest.raises(params.InvalidParameterError, match=match):
+        params.declare_parameters(node)
+    node.destroy_node()
+
+
 def test_no_parameters_file_says_how_to_run(rclpy_context: Any) -> None:
     node = Node("peftdml", context=rclpy_context)
     with pytest.raises(params.MissingParameterError, match="--params-file"):
