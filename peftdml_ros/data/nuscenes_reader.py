@@ -486,6 +486,10 @@ class NuScenesReader:
     IMU features are computed over the same window in training and on the vehicle. can_bus:
     read <dataroot>/can_bus for the IMU; False leaves IMU absent in every record (for a download
     without the CAN bus expansion).
+    compensate_ego_motion: True moves every radar and camera into the reference (LIDAR_TOP) ego
+    pose through the sensors' own ego poses (the physically aligned frame); False places each
+    sensor's newest sweep with its static extrinsics, in the ego frame at its own time, as the
+    node does with /tf_static alone (earlier sweeps of a sensor are still moved to its newest).
     radar_filter: keep only the clusters the devkit keeps by default. gt_min_points: drop
     ground-truth boxes with fewer lidar + radar points (the nuScenes evaluation ignores boxes
     with 0; 1 matches it, 0 keeps every box).
@@ -504,6 +508,7 @@ class NuScenesReader:
         can_bus: bool = True,
         radar_filter: bool = True,
         gt_min_points: int = 0,
+        compensate_ego_motion: bool = True,
         nusc: Any = None,
     ) -> None:
         if lidar_sweeps < 1 or radar_sweeps < 1:
@@ -527,6 +532,7 @@ class NuScenesReader:
         if gt_min_points < 0:
             raise ConfigError(f"gt_min_points {gt_min_points} must be >= 0")
         self.gt_min_points = gt_min_points
+        self.compensate_ego_motion = compensate_ego_motion
         self.nusc = nusc if nusc is not None else open_nuscenes(self.dataroot, version)
         self.scene_names = split_scene_names(self.nusc, split)
         self.sample_tokens = self._sample_tokens()
@@ -644,8 +650,11 @@ class NuScenesReader:
         num_sweeps: int,
         rows: Any,
     ) -> PointCloud:
-        """The keyframe sweep and up to num_sweeps - 1 earlier ones, in the reference ego frame."""
+        """The keyframe sweep and up to num_sweeps - 1 earlier ones, in the reference ego frame
+        (or, without ego-motion compensation, in the ego frame at this sensor's newest sweep)."""
         channel = sensor_channel(self.nusc, key_sd)
+        if not self.compensate_ego_motion:
+            global_to_ref = np.linalg.inv(global_from_ego(self.nusc, key_sd))
         parts: list[F64Array] = []
         sd = key_sd
         for _ in range(num_sweeps):
@@ -706,6 +715,8 @@ class NuScenesReader:
         )
         ref_from_cam = (
             global_to_ref @ global_from_ego(self.nusc, sd) @ ego_from_sensor(self.nusc, sd)
+            if self.compensate_ego_motion
+            else ego_from_sensor(self.nusc, sd)
         )
         return CameraImage(
             sensor=sensor_channel(self.nusc, sd),

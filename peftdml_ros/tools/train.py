@@ -113,6 +113,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     # The node feeds one sweep per sensor and frame; train on what the model will see.
     p.add_argument("--lidar-sweeps", type=int, default=1, help="LiDAR sweeps merged per keyframe")
     p.add_argument("--radar-sweeps", type=int, default=1, help="sweeps merged per radar")
+    p.add_argument(
+        "--compensate-ego-motion",
+        action="store_true",
+        help="align radars and cameras to the LiDAR's ego pose; off by default because the node "
+        "places each sensor with its static extrinsics only (no odometry)",
+    )
     p.add_argument("--camera-downscale", type=int, default=4, choices=(1, 2, 4, 8))
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument(
@@ -172,9 +178,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     reader = NuScenesReader(
         args.data, args.version, args.split,
         lidar_sweeps=args.lidar_sweeps, radar_sweeps=args.radar_sweeps,
+        compensate_ego_motion=args.compensate_ego_motion,
         camera_downscale=args.camera_downscale,
     )  # fmt: skip
     keyframes = KeyframeDataset(reader, config, cache=args.cache)
+    # How the training frames were built; the node's matching settings are input.* and sync.* in
+    # its parameters (a deployment should use the same), so they travel with the checkpoint.
+    data_settings = {
+        "lidar_sweeps": reader.lidar_sweeps,
+        "radar_sweeps": reader.radar_sweeps,
+        "camera_downscale": reader.camera_downscale,
+        "radar_filter": reader.radar_filter,
+        "imu_window_s": reader.imu_window_ns / 1e9,
+        "compensate_ego_motion": reader.compensate_ego_motion,
+    }
     pairs = KeyframePairDataset(keyframes)
     gmm_frames = min(args.gmm_frames, len(keyframes))
     if args.gmm_frames > 0 and config.gmm_enabled and gmm_frames < config.gmm_components:
@@ -253,11 +270,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "the data (see metrics.jsonl for the terms)"
             )
         if (step + 1) % args.ckpt_every == 0 and step + 1 < args.steps:
-            save_checkpoint(args.out / CHECKPOINT_NAME, model, {"step": step + 1})
+            extra_now = {"step": step + 1, "peft": args.peft, "data": data_settings}
+            save_checkpoint(args.out / CHECKPOINT_NAME, model, extra_now)
     metrics.close()
 
     # The clean-feature GMM: fitted on unmasked keyframes after training (normality score).
-    extra: dict[str, Any] = {"step": args.steps, "peft": args.peft}
+    extra: dict[str, Any] = {"step": args.steps, "peft": args.peft, "data": data_settings}
     if args.gmm_frames > 0 and config.gmm_enabled:
         extra["gmm_mean_log_likelihood"] = fit_gmm(model, keyframes, args.gmm_frames, device)
     path = save_checkpoint(args.out / CHECKPOINT_NAME, model.cpu(), extra)

@@ -82,6 +82,31 @@ def test_one_record_per_sample(reader: nr.NuScenesReader) -> None:
         reader[len(reader)]
 
 
+def test_without_ego_motion_compensation_sensors_sit_where_the_node_puts_them(
+    reader: nr.NuScenesReader, dataroot: Path
+) -> None:
+    static = nr.NuScenesReader(
+        dataroot,
+        VERSION,
+        None,
+        lidar_sweeps=1,
+        radar_sweeps=1,
+        camera_downscale=8,
+        compensate_ego_motion=False,
+        nusc=reader.nusc,
+    )
+    index = _late_index(reader)
+    record, aligned = static[index], reader[index]
+    token = record.sample_token
+    front = _sd(reader, token, "CAM_FRONT")
+    calibration = reader.nusc.get("calibrated_sensor", front["calibrated_sensor_token"])
+    camera = next(c for c in record.frame.cameras if c.sensor == "CAM_FRONT")
+    # /tf_static alone: the camera's extrinsics, nothing from the ego poses.
+    np.testing.assert_allclose(camera.camera_to_ego, _matrix(calibration), atol=1e-5)
+    moved = next(c for c in aligned.frame.cameras if c.sensor == "CAM_FRONT")
+    assert not np.allclose(moved.camera_to_ego, camera.camera_to_ego, atol=1e-4)  # ego moved
+
+
 def test_record_shapes_and_sensors(reader: nr.NuScenesReader) -> None:
     rec = reader[_late_index(reader)]
     frame = rec.frame

@@ -64,6 +64,11 @@ def test_checkpoint_has_config_step_and_fitted_gmm(run_dir: Path) -> None:
     assert loaded.config == tiny_config()
     assert loaded.extra["step"] == STEPS and loaded.extra["peft"] is True
     assert loaded.model.gmm.is_fitted
+    # How the frames were built travels with the model (the node's settings must match).
+    assert loaded.extra["data"] == {
+        "lidar_sweeps": 1, "radar_sweeps": 1, "camera_downscale": 4, "radar_filter": True,
+        "imu_window_s": 1.0, "compensate_ego_motion": False,
+    }  # fmt: skip
 
 
 def test_detector_loads_the_trained_checkpoint_and_its_export(
