@@ -481,7 +481,12 @@ def test_replay_gives_one_array_per_lidar_frame_and_loops(
     for markers in marker_arrays:
         assert markers.markers[0].action == Marker.DELETEALL
         stamp = stamp_to_ns(markers.markers[0].header.stamp)
-        assert len(markers.markers) == 1 + 3 * len(arrays[stamp].detections)
+        count = {ns: sum(m.ns == ns for m in markers.markers) for ns in ("boxes", "labels")}
+        arrows = sum(m.ns == "velocity" for m in markers.markers)
+        n = len(arrays[stamp].detections)
+        # a box and a label per detection; an arrow only for the moving ones
+        assert count == {"boxes": n, "labels": n} and arrows <= n
+        assert len(markers.markers) == 1 + 2 * n + arrows
 
 
 # bag-relative drop windows (s): radars, then cameras, then the LiDAR go silent for a while
