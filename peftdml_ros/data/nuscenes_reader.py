@@ -35,6 +35,7 @@ import numpy.typing as npt
 
 from peftdml_ros.core import radar as core_radar
 from peftdml_ros.core.errors import ConfigError, InputDataError
+from peftdml_ros.core.geometry import quaternion_wxyz_to_matrix
 from peftdml_ros.core.preprocess import scale_intrinsics
 from peftdml_ros.core.types import (
     EARTH_RADIUS_M,
@@ -263,43 +264,10 @@ def _read_bytes(path: Path) -> bytes:
 # ---------------------------------------------------------------------------------- geometry
 
 
-def quaternion_to_matrix(wxyz: Sequence[float]) -> npt.NDArray[np.float64]:
-    """[3, 3] rotation matrix of a (w, x, y, z) quaternion (normalized here)."""
-    w, x, y, z = np.asarray(wxyz, dtype=np.float64) / np.linalg.norm(wxyz)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ]
-    )
-
-
-def matrix_to_quaternion(rotation: F64Array) -> tuple[float, float, float, float]:
-    """(w, x, y, z) of a proper [3, 3] rotation matrix (Shepperd's method), w >= 0."""
-    m = rotation
-    trace = float(m[0, 0] + m[1, 1] + m[2, 2])
-    if trace > 0:
-        s = 2.0 * math.sqrt(trace + 1.0)
-        q = (0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s)
-    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
-        q = ((m[2, 1] - m[1, 2]) / s, 0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s)
-    elif m[1, 1] > m[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
-        q = ((m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s)
-    else:
-        s = 2.0 * math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
-        q = ((m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s)
-    norm = math.sqrt(sum(v * v for v in q))
-    w, x, y, z = (float(v) / norm for v in q)
-    return (w, x, y, z) if w >= 0 else (-w, -x, -y, -z)
-
-
 def pose_matrix(translation: Sequence[float], rotation_wxyz: Sequence[float]) -> F64Array:
     """[4, 4] float64 transform child -> parent of a nuScenes (translation, rotation) record."""
     out = np.eye(4)
-    out[:3, :3] = quaternion_to_matrix(rotation_wxyz)
+    out[:3, :3] = quaternion_wxyz_to_matrix(rotation_wxyz)
     out[:3, 3] = translation
     return out
 
@@ -772,7 +740,7 @@ def ground_truth_in_ego(
         if name is None or num_points < min_points:
             continue
         center = transform_points(global_to_ego, np.asarray([ann["translation"]]))[0]
-        yaw = yaw_of(rotation @ quaternion_to_matrix(ann["rotation"]))
+        yaw = yaw_of(rotation @ quaternion_wxyz_to_matrix(ann["rotation"]))
         velocity = rotation @ np.asarray(nusc.box_velocity(ann_token), dtype=np.float64)
         rows.append(
             (

@@ -21,8 +21,8 @@ import numpy as np
 import numpy.typing as npt
 
 from peftdml_ros.core.errors import ConfigError, InputDataError
+from peftdml_ros.core.geometry import matrix_to_quaternion_wxyz
 from peftdml_ros.core.types import NUSCENES_CLASSES, Detections
-from peftdml_ros.data.nuscenes_reader import matrix_to_quaternion
 
 # The devkit refuses more boxes than this per sample (detection_cvpr_2019 max_boxes_per_sample).
 MAX_BOXES_PER_SAMPLE = 500
@@ -93,7 +93,7 @@ def detections_to_boxes(
                 "sample_token": sample_token,
                 "translation": [float(v) for v in centers[i]],
                 "size": [float(v) for v in detections.size_wlh_m[i]],
-                "rotation": list(matrix_to_quaternion(box_rotation)),
+                "rotation": list(matrix_to_quaternion_wxyz(box_rotation)),
                 "velocity": [float(velocities[i, 0]), float(velocities[i, 1])],
                 "detection_name": NUSCENES_CLASSES[int(detections.label[i])],
                 "detection_score": float(detections.score[i]),

@@ -33,6 +33,7 @@ from peftdml_ros.core import image as core_image
 from peftdml_ros.core import pointcloud as core_pc
 from peftdml_ros.core import radar as core_radar
 from peftdml_ros.core.errors import InputDataError
+from peftdml_ros.core.geometry import matrix_to_quaternion, quaternion_to_matrix
 from peftdml_ros.core.preprocess import scale_intrinsics
 from peftdml_ros.core.types import (
     EARTH_RADIUS_M,
@@ -46,7 +47,6 @@ from peftdml_ros.core.types import (
     ImuSample,
     PointCloud,
 )
-from peftdml_ros.ros.tf_buffer import quaternion_to_matrix
 
 NS_PER_S = 1_000_000_000
 LIDAR_MESSAGE_FIELDS: tuple[str, ...] = ("x", "y", "z", "intensity")
@@ -319,30 +319,6 @@ def imu_to_core(msg: Imu, ego_from_imu: npt.NDArray[np.float64]) -> ImuSample:
         linear_acceleration_mps2=(float(accel_ego[0]), float(accel_ego[1]), float(accel_ego[2])),
         orientation_xyzw=orientation,
     )
-
-
-def matrix_to_quaternion(r: npt.NDArray[np.float64]) -> tuple[float, float, float, float]:
-    """[3, 3] rotation -> (x, y, z, w) with w >= 0 (Shepperd's method, stable for any angle)."""
-    trace = float(r[0, 0] + r[1, 1] + r[2, 2])
-    if trace > 0:
-        s = 2.0 * math.sqrt(trace + 1.0)
-        q = (
-            (r[2, 1] - r[1, 2]) / s,
-            (r[0, 2] - r[2, 0]) / s,
-            (r[1, 0] - r[0, 1]) / s,
-            0.25 * s,
-        )
-    elif r[0, 0] > r[1, 1] and r[0, 0] > r[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + r[0, 0] - r[1, 1] - r[2, 2])
-        q = (0.25 * s, (r[0, 1] + r[1, 0]) / s, (r[0, 2] + r[2, 0]) / s, (r[2, 1] - r[1, 2]) / s)
-    elif r[1, 1] > r[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + r[1, 1] - r[0, 0] - r[2, 2])
-        q = ((r[0, 1] + r[1, 0]) / s, 0.25 * s, (r[1, 2] + r[2, 1]) / s, (r[0, 2] - r[2, 0]) / s)
-    else:
-        s = 2.0 * math.sqrt(1.0 + r[2, 2] - r[0, 0] - r[1, 1])
-        q = ((r[0, 2] + r[2, 0]) / s, (r[1, 2] + r[2, 1]) / s, 0.25 * s, (r[1, 0] - r[0, 1]) / s)
-    sign = -1.0 if q[3] < 0 else 1.0
-    return (sign * q[0], sign * q[1], sign * q[2], sign * q[3])
 
 
 class GnssConverter:

@@ -18,6 +18,7 @@ import numpy.typing as npt
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from peftdml_ros.core.errors import InputDataError
+from peftdml_ros.core.geometry import quaternion_to_matrix
 
 Matrix4 = npt.NDArray[np.float64]
 
@@ -41,22 +42,6 @@ class StampedTransform:
     child: str
     stamp_ns: int
     matrix: Matrix4  # parent <- child
-
-
-def quaternion_to_matrix(x: float, y: float, z: float, w: float) -> npt.NDArray[np.float64]:
-    """[3, 3] rotation of a unit quaternion (normalized here; a zero quaternion is an error)."""
-    norm = float(np.sqrt(x * x + y * y + z * z + w * w))
-    if not np.isfinite(norm) or norm < 1e-9:
-        raise InputDataError(f"quaternion ({x}, {y}, {z}, {w}) is not a rotation")
-    x, y, z, w = x / norm, y / norm, z / norm, w / norm
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ],
-        dtype=np.float64,
-    )
 
 
 def transform_msg_to_stamped(msg: object) -> StampedTransform:

@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
+from peftdml_ros.core.geometry import quaternion_wxyz_to_matrix
 from peftdml_ros.data.synth import SynthConfigError, parse_degradation
 from peftdml_ros.data.synth.camera import make_camera, render
 from peftdml_ros.data.synth.degrade import active_effects
-from peftdml_ros.data.synth.geometry import quaternion_to_matrix
 from peftdml_ros.data.synth.ground import Ground, build_ground
 from peftdml_ros.data.synth.lidar import GROUND_ID, NOISE_ID, cast_sweep
 from peftdml_ros.data.synth.radar import empty_sweep, simulate_sweep, write_pcd
@@ -61,7 +61,7 @@ def test_bad_degradation_specs_say_what_to_do(spec: str, message: str) -> None:
 
 def test_rig_calibration_is_consistent() -> None:
     for spec in RIG:
-        rotation = quaternion_to_matrix(spec.rotation_wxyz)
+        rotation = quaternion_wxyz_to_matrix(spec.rotation_wxyz)
         assert np.allclose(rotation, spec.rotation_matrix, atol=1e-9)
     front = CAMERAS[0]
     # A point 20 m straight ahead at camera height projects near the principal point.

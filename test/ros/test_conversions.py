@@ -27,16 +27,13 @@ from tf2_msgs.msg import TFMessage
 
 from peftdml_ros.core import image as core_image
 from peftdml_ros.core import pointcloud as core_pc
+from peftdml_ros.core.geometry import matrix_to_quaternion, quaternion_to_matrix
 from peftdml_ros.core.model_io import GNSS_FEATURES
 from peftdml_ros.core.preprocess import gnss_features
 from peftdml_ros.core.types import LIDAR_POINT_FIELDS, RADAR_POINT_FIELDS, Detections, Frame
 from peftdml_ros.ros import conversions as cv
 from peftdml_ros.ros.outputs import pointcloud2_message
-from peftdml_ros.ros.tf_buffer import (
-    StaticTransformStore,
-    TransformMissingError,
-    quaternion_to_matrix,
-)
+from peftdml_ros.ros.tf_buffer import StaticTransformStore, TransformMissingError
 
 STAMP_NS = 1_700_000_000_123_456_789
 
@@ -355,7 +352,7 @@ def test_quaternion_matrix_round_trip(x: float, y: float, z: float, w: float) ->
     if x * x + y * y + z * z + w * w < 1e-3:
         return
     rotation = quaternion_to_matrix(x, y, z, w)
-    back = quaternion_to_matrix(*cv.matrix_to_quaternion(rotation))
+    back = quaternion_to_matrix(*matrix_to_quaternion(rotation))
     np.testing.assert_allclose(back, rotation, atol=1e-9)
     np.testing.assert_allclose(rotation @ rotation.T, np.eye(3), atol=1e-9)
 

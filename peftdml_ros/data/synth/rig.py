@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from peftdml_ros.data.synth.geometry import F64, matrix_to_quaternion, rot_z
+from peftdml_ros.core.geometry import matrix_to_quaternion_wxyz
+from peftdml_ros.data.synth.geometry import F64, rot_z
 
 IMAGE_WIDTH_PX = 1600
 IMAGE_HEIGHT_PX = 900
@@ -53,7 +54,7 @@ class SensorSpec:
 
     @property
     def rotation_wxyz(self) -> list[float]:
-        return matrix_to_quaternion(self.rotation_matrix)
+        return list(matrix_to_quaternion_wxyz(self.rotation_matrix))
 
     @property
     def intrinsic(self) -> list[list[float]]:
