@@ -646,8 +646,10 @@ def main(args: Sequence[str] | None = None) -> int:
     rclpy.init(args=argv)
     node: PeftdmlNode | None = None
     try:
-        node = PeftdmlNode()
+        # The executor first: a Ctrl-C right after "ready" must not land in its constructor,
+        # which would leave rclpy a half-built executor to complain about at exit.
         executor = SingleThreadedExecutor()
+        node = PeftdmlNode()
         executor.add_node(node)
         executor.spin()
     except ConfigError as error:
