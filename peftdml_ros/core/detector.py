@@ -18,6 +18,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,35 @@ def _load_model_config(config: DetectorConfig) -> tuple[ModelConfig | None, bool
     return None, False
 
 
+def training_data_settings(model_path: str, backend: object) -> dict[str, Any] | None:
+    """How the model's training frames were built (`peftdml train` records it in the
+    checkpoint; `peftdml export` copies it into the manifest), or None when not recorded."""
+    recorded = getattr(backend, "training_data", None)
+    if isinstance(recorded, dict):
+        return recorded
+    if not model_path or not manifest_path(model_path).is_file():
+        return None
+    try:
+        manifest = json.loads(manifest_path(model_path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # read_manifest reports unreadable manifests where they are required
+    data = manifest.get("checkpoint_extra", {}).get("data")
+    return dict(data) if isinstance(data, dict) else None
+
+
+def data_settings_mismatches(
+    trained: Mapping[str, Any] | None, deployed: Mapping[str, Any]
+) -> list[str]:
+    """'name: trained X, here Y' for each setting both sides know and that differ."""
+    if not trained:
+        return []
+    return [
+        f"{name}: trained {trained[name]!r}, here {value!r}"
+        for name, value in deployed.items()
+        if name in trained and trained[name] != value
+    ]
+
+
 class Detector:
     """Runs the detector on Frames. See the module docstring for threading."""
 
@@ -162,6 +192,7 @@ class Detector:
         if model_config is None:  # a checkpoint: the torch backend loaded its config
             model_config = self.backend.config  # type: ignore[attr-defined]
         self.model_config: ModelConfig = model_config
+        self.training_data = training_data_settings(self.config.model_path, self.backend)
         self.preprocessor = Preprocessor(PreprocessConfig.from_model_config(model_config))
         self._decode_config = self._with_thresholds(
             self.config.score_threshold, self.config.nms_iou_threshold, self.config.max_detections

@@ -208,6 +208,7 @@ class PeftdmlNode(Node):
             [SyncSensor(s.name, s.modality) for s in config.sensors], sync_config(config)
         )
         self._detector = detector_factory(config)
+        self._check_training_data(config)
         backend = _backend_name(self._detector, config)
         self._pipeline = outputs.PipelineHealth(
             backend=str(backend), model=config.model_path or "(untrained default model)"
@@ -434,6 +435,8 @@ class PeftdmlNode(Node):
         header = Header(
             stamp=conversions.ns_to_stamp(synced.stamp_ns), frame_id=self._config.output_frame
         )
+        # Counted first: whoever has received a frame's outputs also sees it in the counters.
+        self._record(synced, result)
         self._detections_pub.publish(conversions.detections_to_msg(result.detections, header))
         self._properties_pub.publish(outputs.properties_cloud(result.detections, header))
         if self._markers_pub.get_subscription_count() > 0:
@@ -447,7 +450,6 @@ class PeftdmlNode(Node):
                 len(result.detections),
             )
         )
-        self._record(synced, result)
 
     def _record(self, synced: SyncedFrame, result: Any) -> None:
         now_ns = self.get_clock().now().nanoseconds
@@ -520,6 +522,28 @@ class PeftdmlNode(Node):
                 header, sensors, pipeline, hardware_id=self.get_fully_qualified_name()
             )
         )
+
+    def _check_training_data(self, config: NodeConfig) -> None:
+        """Warn, once and loudly, where the frames this node builds differ from those the model
+        was trained on (the model still runs: the user may know better)."""
+        from peftdml_ros.core.detector import data_settings_mismatches  # torch: import on use
+
+        deployed = {
+            "lidar_sweeps": 1,  # one message per sensor and frame
+            "radar_sweeps": 1,
+            "camera_downscale": config.camera_decode_reduction,
+            "imu_window_s": config.imu_window_s,
+            "radar_filter": True,
+            "compensate_ego_motion": False,  # static extrinsics only (no odometry)
+        }
+        trained = getattr(self._detector, "training_data", None)
+        mismatches = data_settings_mismatches(trained, deployed)
+        if mismatches:
+            self.get_logger().warning(
+                "the model was trained on frames built differently from this node's: "
+                + "; ".join(mismatches)
+                + " (set input.camera_decode_reduction / sync.imu_window_s to match, or retrain)"
+            )
 
     # ----------------------------------------------------------------------------- parameters
 

@@ -9,7 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from peftdml_ros.core.detector import Detector, DetectorConfig, manifest_path
+from peftdml_ros.core.detector import (
+    Detector,
+    DetectorConfig,
+    data_settings_mismatches,
+    manifest_path,
+)
 from peftdml_ros.core.model import load_checkpoint, tiny_config
 from peftdml_ros.data.nuscenes_reader import NuScenesReader
 from peftdml_ros.data.synth import VAL_SPLIT, VERSION, generate_dataset
@@ -96,6 +101,19 @@ def test_detector_loads_the_trained_checkpoint_and_its_export(
     other = exported.detect(record.frame)
     assert len(other.detections) == len(result.detections)
     assert other.normality_score == pytest.approx(result.normality_score, rel=1e-4)
+    # How the training frames were built reaches a deployment, from the checkpoint or export.
+    trained = detector.training_data
+    assert trained is not None and trained["camera_downscale"] == 4
+    assert exported.training_data == trained
+
+
+def test_data_settings_mismatches_name_what_differs() -> None:
+    trained = {"camera_downscale": 4, "imu_window_s": 1.0, "lidar_sweeps": 1}
+    same = {"camera_downscale": 4, "imu_window_s": 1.0, "radar_filter": True}
+    assert data_settings_mismatches(trained, same) == []
+    assert data_settings_mismatches(None, same) == []  # nothing recorded: nothing to compare
+    differ = {"camera_downscale": 2, "imu_window_s": 1.0}
+    assert data_settings_mismatches(trained, differ) == ["camera_downscale: trained 4, here 2"]
 
 
 def test_train_refuses_bad_arguments(dataroot: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +44,8 @@ class TorchBackend:
 
     # Why create_backend picked this backend (set by create_backend).
     selection_reason: str = ""
+    # How the checkpoint's training frames were built (train.py's "data" block), if recorded.
+    training_data: dict[str, Any] | None = None
 
     def __init__(self, model: nn.Module, config: ModelConfig, device: str = "auto") -> None:
         self._device = resolve_torch_device(device)
@@ -56,7 +59,10 @@ class TorchBackend:
         """Load a training checkpoint (it carries its ModelConfig)."""
         loaded = load_checkpoint(Path(path))
         _LOG.info("torch backend: checkpoint %s", path)
-        return TorchBackend(loaded.model, loaded.config, device)
+        backend = TorchBackend(loaded.model, loaded.config, device)
+        data = loaded.extra.get("data")
+        backend.training_data = dict(data) if isinstance(data, dict) else None
+        return backend
 
     @staticmethod
     def from_default(
