@@ -334,9 +334,6 @@ class GnssConverter:
         self._max_gap_ns = int(max_gap_s * NS_PER_S)
         self._previous: GnssFix | None = None
 
-    def reset(self) -> None:
-        self._previous = None
-
     def convert(self, msg: NavSatFix) -> GnssFix:
         if msg.status.status < NavSatStatus.STATUS_FIX:
             raise NoFixError(f"NavSatFix status {msg.status.status} means no fix")

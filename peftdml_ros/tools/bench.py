@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from peftdml_ros.core.errors import ConfigError
 from peftdml_ros.core.sync import MS, FrameSynchronizer, SyncConfig, SyncedFrame, SyncSensor
-from peftdml_ros.core.types import MODALITIES, Modality
+from peftdml_ros.core.types import MODALITIES, NUSCENES_CAMERAS, NUSCENES_RADARS, Modality
 from peftdml_ros.ros import dds_bench  # imports rclpy only when the dds target runs
 
 NS_PER_S = 1_000_000_000
@@ -68,27 +68,8 @@ def nuscenes_rig() -> list[StreamSpec]:
     GNSS 20 Hz (the bag writer derives one fix per LiDAR sweep). Latencies are plausible
     transport + driver delays, cameras the largest (JPEG encode)."""
     specs = [StreamSpec("LIDAR_TOP", Modality.LIDAR, 20.0, (10.0, 20.0))]
-    specs += [
-        StreamSpec(name, Modality.RADAR, 13.0, (5.0, 15.0))
-        for name in (
-            "RADAR_FRONT",
-            "RADAR_FRONT_LEFT",
-            "RADAR_FRONT_RIGHT",
-            "RADAR_BACK_LEFT",
-            "RADAR_BACK_RIGHT",
-        )
-    ]
-    specs += [
-        StreamSpec(name, Modality.CAMERA, 12.0, (20.0, 40.0))
-        for name in (
-            "CAM_FRONT",
-            "CAM_FRONT_LEFT",
-            "CAM_FRONT_RIGHT",
-            "CAM_BACK",
-            "CAM_BACK_LEFT",
-            "CAM_BACK_RIGHT",
-        )
-    ]
+    specs += [StreamSpec(name, Modality.RADAR, 13.0, (5.0, 15.0)) for name in NUSCENES_RADARS]
+    specs += [StreamSpec(name, Modality.CAMERA, 12.0, (20.0, 40.0)) for name in NUSCENES_CAMERAS]
     specs.append(StreamSpec("IMU", Modality.IMU, 100.0, (1.0, 3.0)))
     specs.append(StreamSpec("GNSS", Modality.GNSS, 20.0, (5.0, 10.0)))
     return specs
