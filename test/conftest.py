@@ -1,8 +1,13 @@
-"""Test-wide set-up: every test run talks ROS only to itself.
+"""Test-wide set-up: every test run talks ROS only to itself, and property tests are repeatable.
 
 The environment is set before anything imports rclpy: a domain id of this run's own (derived from
 the process id), discovery limited to localhost, ROS logs and home in a temporary directory, and
 the package's Fast DDS profile (large messages between processes). Child processes inherit it.
+
+Hypothesis runs with a fixed seed per test (derandomize), no deadline (shared CI machines are
+slow at random moments) and no example database (a failure saved on one machine would replay on
+no other): every run draws the same examples, so a run never finds a new failing example by
+chance. Set HYPOTHESIS_PROFILE=explore to draw fresh examples while developing.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,6 +35,11 @@ if sys.prefix not in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
     os.environ["AMENT_PREFIX_PATH"] = os.pathsep.join(
         p for p in (sys.prefix, os.environ.get("AMENT_PREFIX_PATH", "")) if p
     )
+
+settings.register_profile("repeatable", derandomize=True, deadline=None, database=None)
+settings.register_profile("explore", deadline=None)
+# Loaded before any test module is imported: the tests' own @settings inherit from it.
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 @pytest.fixture(scope="session")

@@ -65,3 +65,37 @@ def matrix_to_quaternion_wxyz(rotation: npt.ArrayLike) -> tuple[float, float, fl
     """nuScenes-order (w, x, y, z), w >= 0, of a proper [3, 3] rotation."""
     x, y, z, w = matrix_to_quaternion(rotation)
     return w, x, y, z
+
+
+def transform_points_f32(
+    xyz: npt.NDArray[np.float32], target_from_source: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float32]:
+    """[N, 3] float32 points through a [4, 4] transform, computed in float32.
+
+    The rotation and translation are rounded to float32; each coordinate is
+    r0 * x + r1 * y + r2 * z + t, evaluated left to right in float32, element by element. Written
+    out rather than as a matrix product, whose BLAS kernel (and so its last bits) depends on
+    the arrays' memory layout: the node's message conversion and the dataset reader call this
+    one function and get bit-identical points from the same sweep.
+    """
+    rotation = np.asarray(target_from_source[:3, :3], dtype=np.float32)
+    translation = np.asarray(target_from_source[:3, 3], dtype=np.float32)
+    points = np.asarray(xyz, dtype=np.float32)
+    x, y, z = points[:, 0], points[:, 1], points[:, 2]
+    out = np.empty((points.shape[0], 3), dtype=np.float32)
+    for i in range(3):
+        out[:, i] = rotation[i, 0] * x + rotation[i, 1] * y + rotation[i, 2] * z + translation[i]
+    return out
+
+
+def rotate_vectors_f32(
+    vectors: npt.NDArray[np.float32], target_from_source: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float32]:
+    """[N, 3] float32 vectors (velocities) rotated by a [4, 4] transform's rotation, in float32,
+    element by element (see transform_points_f32)."""
+    rotation = np.asarray(target_from_source[:3, :3], dtype=np.float32)
+    v = np.asarray(vectors, dtype=np.float32)
+    out = np.empty((v.shape[0], 3), dtype=np.float32)
+    for i in range(3):
+        out[:, i] = rotation[i, 0] * v[:, 0] + rotation[i, 1] * v[:, 1] + rotation[i, 2] * v[:, 2]
+    return out

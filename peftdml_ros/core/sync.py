@@ -24,35 +24,40 @@ Rules
   sensor of the first modality in `fallback_order` (camera, then radar by default) triggers
   instead; the reference takes over again with its next message. Frames go out in stamp order;
   a trigger message not newer than the last frame is dropped (counted as dropped_late).
-- Contributors. Every other LiDAR, radar and camera gives the unused message nearest to the
-  frame stamp within its modality's slop (`slop_ns`); a message nearer to the next pending
-  frame's stamp is left for that frame. LiDAR, radar and camera messages are used in at most
-  one frame; messages older than a used one are dropped (a later frame prefers newer ones).
+- Contributors follow the frame rule of `core.frame_rule`, the one the dataset reader applies
+  to recorded timelines: every other LiDAR, radar and camera gives the message nearest to the
+  frame stamp within its modality's slop (`slop_ns`; a tie goes to the earlier message). A
+  message may serve several consecutive frames (reuse); the slop bounds how stale it can be.
+  A message stops being buffered once no later frame can pick it: it is older than the last
+  frame's stamp minus slop, or a newer message stamped at or before that frame exists.
 - IMU gives every sample in (previous frame stamp, frame stamp], at most `imu_window_ns` back.
   Each sample is in at most one frame.
 - GNSS gives the newest fix stamped at most slop after the frame and at most
-  `gnss_staleness_ns` before it. The same fix may serve several frames (GNSS is slower than
-  the frame rate and the detector wants the current state every frame); `used` counts it once.
-  GNSS never holds a frame back.
-- Waiting. A frame goes out as soon as no live sensor can still add to it: a LiDAR, radar or
-  camera that has a message within slop has contributed; a sensor whose newest stamp is at or
-  past the frame stamp has sent everything it could (streams are in order; for the IMU this
-  means every sample up to the frame); a sensor whose next message, due no earlier than
-  (1 - `period_jitter`) of its measured period after its newest, would fall beyond the frame's
-  slop cannot contribute; a sensor silent for `sensor_timeout_ns`, or never heard, is not
-  waited for. Otherwise the frame goes out when `now_ns` reaches its trigger's arrival +
-  `deadline_ns`, with whatever arrived: `sensor_present` / `modality_present` say what.
+  `gnss_staleness_ns` before it. The same fix may serve several frames. GNSS never holds a
+  frame back.
+- Waiting. A frame waits until each live LiDAR, radar and camera's nearest message is known,
+  so that, unless the deadline cuts it short, the frame holds exactly what the frame rule picks
+  from the whole stream. The nearest message is known when: a message stamped at or after the
+  frame arrived (streams are in order); or the sensor's next message, due no earlier than
+  (1 - `period_jitter`) of its measured period after its newest, cannot be nearer than the
+  best one buffered (nor, without one, within slop). The IMU is waited for until it sent every
+  sample up to the frame (a sample at or after its stamp, or a next sample due after it). A
+  sensor silent for `sensor_timeout_ns`, or never heard, is not waited for. Otherwise the frame
+  goes out when `now_ns` reaches its trigger's arrival + `deadline_ns`, with whatever arrived:
+  `sensor_present` / `modality_present` say what, `waited_to_deadline` that it was cut short.
   `poll` must run often enough (the delay past the deadline is at most the poll period).
 - Time going backwards. A stamp more than `jump_back_threshold_ns` older than its stream's
   newest (bag loop, /clock reset) emits the pending frames and clears every buffer (`resets`).
   Smaller disorder is tolerated: late messages are inserted in stamp order, or dropped as late
-  when no future frame can use them. A repeated stamp on a stream is ignored (`duplicates`).
+  when no future frame can pick them. A repeated stamp on a stream is ignored (`duplicates`).
   A caller clock (`now_ns`) that goes backwards releases the pending frames at once.
 - Memory. Each stream keeps at most `buffer_size` messages (`imu_buffer_size` for the IMU);
-  the oldest is dropped when full (`dropped_overflow`).
+  the oldest is dropped when full (`dropped_overflow`, unless a frame had used it already).
 
 Every message is accounted for: received = used + duplicates + dropped_late +
-dropped_unmatched + dropped_overflow + buffered (GNSS fixes count as used once).
+dropped_unmatched + dropped_overflow + buffered. A message counts as used once, however many
+frames it serves; `buffered` counts the buffered messages no frame has used yet, plus pending
+frames (for their trigger). A used message that leaves the buffer changes no counter.
 """
 
 from __future__ import annotations
@@ -64,7 +69,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from peftdml_ros.core import frame_rule
 from peftdml_ros.core.errors import ConfigError
+from peftdml_ros.core.frame_rule import DEFAULT_SLOP_NS, MS, NEAREST_MODALITIES
 from peftdml_ros.core.types import (
     MODALITIES,
     CameraImage,
@@ -75,20 +82,17 @@ from peftdml_ros.core.types import (
     PointCloud,
 )
 
-MS = 1_000_000  # ns per millisecond
-
-# Defaults fit the nuScenes rig: LiDAR 20 Hz, radar 13 Hz, camera 12 Hz, IMU 100 Hz. Half the
-# LiDAR period puts every radar/camera message within reach of one frame; a larger slop only
-# makes frames wait longer (a frame waits for messages stamped up to slop after it).
-DEFAULT_SLOP_NS: dict[Modality, int] = {
-    Modality.LIDAR: 25 * MS,
-    Modality.RADAR: 25 * MS,
-    Modality.CAMERA: 25 * MS,
-    Modality.IMU: 0,  # unused: IMU takes a window, see the module docstring
-    Modality.GNSS: 50 * MS,
-}
-# Modalities that give one message to one frame.
-_SINGLE_USE: frozenset[Modality] = frozenset({Modality.LIDAR, Modality.RADAR, Modality.CAMERA})
+__all__ = [
+    "DEFAULT_SLOP_NS",
+    "MS",
+    "FrameSynchronizer",
+    "SensorCounters",
+    "SyncConfig",
+    "SyncSensor",
+    "SyncStats",
+    "SyncedFrame",
+    "UnknownSensorError",
+]
 
 
 class UnknownSensorError(ConfigError):
@@ -120,7 +124,7 @@ class SyncConfig:
     jump_back_threshold_ns: a stamp this much older than its stream's newest resets all buffers.
     period_jitter: the fraction of a sensor's period by which its next message may come early;
         a frame stops waiting for a sensor whose next message, due (1 - period_jitter) periods
-        after its newest, would be beyond the frame's slop. 1.0 turns this prediction off.
+        after its newest, could not be nearer than what it has. 1.0 turns this prediction off.
     """
 
     reference_sensor: str | None = None
@@ -129,8 +133,8 @@ class SyncConfig:
     reference_timeout_ns: int = 300 * MS
     sensor_timeout_ns: int = 500 * MS
     fallback_order: tuple[Modality, ...] = (Modality.CAMERA, Modality.RADAR)
-    imu_window_ns: int = 1000 * MS
-    gnss_staleness_ns: int = 1000 * MS
+    imu_window_ns: int = frame_rule.DEFAULT_IMU_WINDOW_NS
+    gnss_staleness_ns: int = frame_rule.DEFAULT_GNSS_STALENESS_NS
     buffer_size: int = 16
     imu_buffer_size: int = 256
     jump_back_threshold_ns: int = 1000 * MS
@@ -210,13 +214,27 @@ class SyncStats:
         return out
 
 
+class _Entry:
+    """One buffered message; `used` once a frame took it (it may serve later frames too)."""
+
+    __slots__ = ("payload", "stamp_ns", "used")
+
+    def __init__(self, stamp_ns: int, payload: Any) -> None:
+        self.stamp_ns = stamp_ns
+        self.payload = payload
+        self.used = False
+
+
+def _stamp_of(entry: _Entry) -> int:
+    return entry.stamp_ns
+
+
 class _Stream:
-    """One sensor's state: a stamp-ordered ring buffer of (stamp_ns, payload) and counters."""
+    """One sensor's state: a stamp-ordered ring buffer of entries, and counters."""
 
     __slots__ = (
         "buffer",
         "counters",
-        "gnss_used_ns",
         "last_arrival_ns",
         "modality",
         "name",
@@ -229,30 +247,34 @@ class _Stream:
     def __init__(self, sensor: SyncSensor, maxlen: int) -> None:
         self.name = sensor.name
         self.modality = sensor.modality
-        self.buffer: deque[tuple[int, Any]] = deque(maxlen=maxlen)
+        self.buffer: deque[_Entry] = deque(maxlen=maxlen)
         # Stamps seen lately, to spot duplicates in O(1); bounded like the buffer.
         self.recent: deque[int] = deque(maxlen=2 * maxlen)
         self.recent_set: set[int] = set()
         self.counters = SensorCounters()
         self.newest_ns: int | None = None
         self.last_arrival_ns: int | None = None
-        self.gnss_used_ns: int | None = None  # stamp of the newest GNSS fix counted as used
         self.period_ns: float | None = None  # running estimate of the stamp spacing
 
     def note_newest(self, stamp_ns: int) -> None:
-        """Advance the newest stamp and update the period estimate from in-order gaps."""
+        """Advance the newest stamp and update the period estimate from in-order gaps.
+
+        The estimate follows a shorter gap at once and a longer one slowly: an estimate that
+        is too short only makes frames wait longer, one that is too long could let a frame
+        leave before a nearer message arrives. A gap over 1.5 periods is mostly a lost message.
+        """
         newest = self.newest_ns
         self.newest_ns = stamp_ns
         if newest is None:
             return
         gap = stamp_ns - newest
         period = self.period_ns
-        if period is None:
+        if period is None or gap < period:
             self.period_ns = float(gap)
         elif gap <= 1.5 * period:
-            # A longer gap is a lost message, not a slower sensor; skipping it keeps the
-            # estimate low, which only makes frames wait longer, never miss a message.
             self.period_ns = period + (gap - period) / 8.0
+        else:
+            self.period_ns = period + (gap - period) / 64.0
 
     def remember(self, stamp_ns: int) -> bool:
         """Record a stamp; False when it was seen already (a duplicate)."""
@@ -266,40 +288,43 @@ class _Stream:
 
     def insert(self, stamp_ns: int, payload: Any) -> None:
         buffer = self.buffer
-        if len(buffer) == buffer.maxlen:
-            dropped_ns, _ = buffer.popleft()
-            if dropped_ns != self.gnss_used_ns:  # a GNSS fix already counted as used is no loss
-                self.counters.dropped_overflow += 1
-        if not buffer or stamp_ns > buffer[-1][0]:
-            buffer.append((stamp_ns, payload))
+        # A message a frame already took is no loss when it leaves.
+        if len(buffer) == buffer.maxlen and not buffer.popleft().used:
+            self.counters.dropped_overflow += 1
+        entry = _Entry(stamp_ns, payload)
+        if not buffer or stamp_ns > buffer[-1].stamp_ns:
+            buffer.append(entry)
         else:
-            index = bisect.bisect_left(buffer, stamp_ns, key=_stamp_of)
-            buffer.insert(index, (stamp_ns, payload))
+            buffer.insert(bisect.bisect_left(buffer, stamp_ns, key=_stamp_of), entry)
 
-    def drop_older_than(self, stamp_ns: int) -> None:
-        """Drop messages stamped before `stamp_ns` (no frame can use them any more)."""
+    def drop_first(self, count: int) -> None:
+        """Drop the `count` oldest entries (no frame can pick them any more)."""
         buffer = self.buffer
-        while buffer and buffer[0][0] < stamp_ns:
-            buffer.popleft()
-            self.counters.dropped_unmatched += 1
+        for _ in range(count):
+            if not buffer.popleft().used:
+                self.counters.dropped_unmatched += 1
+
+    def unused(self) -> int:
+        return sum(1 for entry in self.buffer if not entry.used)
 
     def clear(self) -> None:
-        self.counters.dropped_unmatched += len(self.buffer)
-        if self.modality is Modality.GNSS and self.buffer and self.gnss_used_ns is not None:
-            # The fix already counted as used is not a drop.
-            self.counters.dropped_unmatched -= sum(
-                1 for stamp, _ in self.buffer if stamp == self.gnss_used_ns
-            )
+        self.counters.dropped_unmatched += self.unused()
         self.buffer.clear()
         self.recent.clear()
         self.recent_set.clear()
         self.newest_ns = None
-        self.gnss_used_ns = None
         self.period_ns = None
 
 
-def _stamp_of(entry: tuple[int, Any]) -> int:
-    return entry[0]
+def _prunable(buffer: Sequence[_Entry], frame_ns: int, slop_ns: int) -> int:
+    """How many of the oldest entries no frame stamped after `frame_ns` can pick.
+
+    Older than frame_ns - slop: out of every later frame's reach. Older than the newest entry
+    stamped at or before frame_ns: that entry is strictly nearer to every later frame.
+    """
+    at_or_before = bisect.bisect_right(buffer, frame_ns, key=_stamp_of)
+    out_of_reach = bisect.bisect_left(buffer, frame_ns - slop_ns, key=_stamp_of)
+    return max(at_or_before - 1, out_of_reach)
 
 
 @dataclass
@@ -410,8 +435,11 @@ class FrameSynchronizer:
         for stream in self._streams.values():
             maxlen = self._maxlen(stream.modality)
             if stream.buffer.maxlen != maxlen:
-                keep = list(stream.buffer)[-maxlen:]
-                stream.counters.dropped_overflow += len(stream.buffer) - len(keep)
+                entries = list(stream.buffer)
+                keep = entries[-maxlen:]
+                stream.counters.dropped_overflow += sum(
+                    1 for entry in entries[: len(entries) - len(keep)] if not entry.used
+                )
                 stream.buffer = deque(keep, maxlen=maxlen)
                 stream.recent = deque(stream.recent, maxlen=2 * maxlen)
                 stream.recent_set = set(stream.recent)
@@ -424,7 +452,7 @@ class FrameSynchronizer:
         Payloads must be PointCloud (LiDAR, radar), CameraImage, ImuSample and GnssFix; items
         keep the configured sensor order. TypeError names the sensor whose payload is not.
         """
-        groups: dict[Modality, list[Any]] = {m: [] for m in _SINGLE_USE}
+        groups: dict[Modality, list[Any]] = {m: [] for m in NEAREST_MODALITIES}
         for sensor in self._sensors:
             if sensor.name in synced.items:
                 payload = synced.items[sensor.name]
@@ -452,9 +480,7 @@ class FrameSynchronizer:
     def stats(self) -> SyncStats:
         sensors = {}
         for name, stream in self._streams.items():
-            counters = dataclasses.replace(stream.counters, buffered=len(stream.buffer))
-            if stream.modality is Modality.GNSS and stream.gnss_used_ns is not None:
-                counters.buffered -= sum(1 for s, _ in stream.buffer if s == stream.gnss_used_ns)
+            counters = dataclasses.replace(stream.counters, buffered=stream.unused())
             counters.buffered += sum(1 for p in self._pending if p.trigger == name)
             sensors[name] = counters
         return SyncStats(
@@ -475,7 +501,7 @@ class FrameSynchronizer:
     def _cache_groups(self) -> None:
         """Precompute per-modality stream lists and slops (the hot path reads these)."""
         streams = self._streams.values()
-        self._single_use = [s for s in streams if s.modality in _SINGLE_USE]
+        self._nearest = [s for s in streams if s.modality in NEAREST_MODALITIES]
         self._imu = next((s for s in streams if s.modality is Modality.IMU), None)
         self._gnss = next((s for s in streams if s.modality is Modality.GNSS), None)
         # Streams a frame waits for (GNSS never holds a frame back).
@@ -529,11 +555,23 @@ class FrameSynchronizer:
             elif modality is Modality.GNSS:
                 too_old = stamp_ns < last - self._config.gnss_staleness_ns
             else:
-                too_old = stamp_ns < last - self._slop[modality]
+                too_old = stamp_ns < last - self._slop[modality] or self._dominated(
+                    stream, stamp_ns, last
+                )
             if too_old:
                 stream.counters.dropped_late += 1
                 return
         stream.insert(stamp_ns, payload)
+        if last is not None and modality in NEAREST_MODALITIES:
+            # A late message at or before the last frame makes older ones useless.
+            stream.drop_first(_prunable(stream.buffer, last, self._slop[modality]))
+
+    @staticmethod
+    def _dominated(stream: _Stream, stamp_ns: int, last_ns: int) -> bool:
+        """A buffered message stamped in (stamp_ns, last_ns] is nearer to every later frame."""
+        buffer = stream.buffer
+        index = bisect.bisect_right(buffer, stamp_ns, key=_stamp_of)
+        return index < len(buffer) and buffer[index].stamp_ns <= last_ns
 
     def _emit_ready(self, now_ns: int) -> list[SyncedFrame]:
         out: list[SyncedFrame] = []
@@ -566,38 +604,48 @@ class FrameSynchronizer:
         return True
 
     def _blocks(self, stream: _Stream, frame: _Pending, now_ns: int) -> bool:
-        """True when `stream` may still send a message that belongs in `frame`."""
+        """True when `stream` may still send a message that changes what `frame` holds."""
         stamp_ns = frame.stamp_ns
         newest = stream.newest_ns
         if (newest is not None and newest >= stamp_ns) or stream.name == frame.trigger:
-            return False  # in order and already past the frame: nothing better can come
+            return False  # in order and already at or past the frame: its choice is known
         last = stream.last_arrival_ns
         if last is None or now_ns - last > self._config.sensor_timeout_ns:
             return False  # never heard, or silent: not waited for
         if stream.modality is Modality.IMU:
-            reach_ns = stamp_ns  # every sample up to the frame
-        else:
-            reach_ns = stamp_ns + self._slop[stream.modality]
-            buffer = stream.buffer
-            if buffer and buffer[-1][0] >= stamp_ns - self._slop[stream.modality]:
-                return False  # contributed: it has a message within slop
-        period = stream.period_ns
-        # Its next message, due a period after its newest, would land beyond the frame's reach.
-        return not (
-            period is not None
-            and newest is not None
-            and newest + period * self._period_fraction > reach_ns
-        )
+            # Every sample up to the frame: a later one matters if stamped <= the frame.
+            return not self._next_after(stream, stamp_ns)
+        slop_ns = self._slop[stream.modality]
+        buffer = stream.buffer
+        best = buffer[-1].stamp_ns if buffer else None  # the newest is the nearest so far
+        if best is not None and best >= stamp_ns - slop_ns:
+            # A later message wins only if strictly nearer: stamped before stamp + distance.
+            return not self._next_at_or_after(stream, 2 * stamp_ns - best)
+        return not self._next_after(stream, stamp_ns + slop_ns)
+
+    def _next_due_ns(self, stream: _Stream) -> float | None:
+        """The earliest stamp the stream's next message can have (period prediction)."""
+        period, newest = stream.period_ns, stream.newest_ns
+        if period is None or newest is None:
+            return None
+        return newest + period * self._period_fraction
+
+    def _next_after(self, stream: _Stream, limit_ns: int) -> bool:
+        due = self._next_due_ns(stream)
+        return due is not None and due > limit_ns
+
+    def _next_at_or_after(self, stream: _Stream, limit_ns: int) -> bool:
+        due = self._next_due_ns(stream)
+        return due is not None and due >= limit_ns
 
     def _emit(self, frame: _Pending, now_ns: int, *, waited: bool) -> SyncedFrame:
         stamp_ns = frame.stamp_ns
-        next_ns = self._pending[0].stamp_ns if self._pending else None
         items: dict[str, Any] = {frame.trigger: frame.payload}
         stamps: dict[str, int] = {frame.trigger: stamp_ns}
         self._streams[frame.trigger].counters.used += 1
-        for stream in self._single_use:
+        for stream in self._nearest:
             if stream.name != frame.trigger:
-                picked = self._take_nearest(stream, stamp_ns, next_ns)
+                picked = self._take_nearest(stream, stamp_ns)
                 if picked is not None:
                     stamps[stream.name], items[stream.name] = picked
         imu = self._take_imu(stamp_ns)
@@ -628,70 +676,60 @@ class FrameSynchronizer:
             waited_to_deadline=waited,
         )
 
-    def _take_nearest(
-        self, stream: _Stream, stamp_ns: int, next_ns: int | None
-    ) -> tuple[int, Any] | None:
-        """Pop the message nearest to stamp_ns within slop (not nearer to the next frame)."""
+    def _take_nearest(self, stream: _Stream, stamp_ns: int) -> tuple[int, Any] | None:
+        """The frame rule's message for this frame (kept for later frames), or None."""
         buffer = stream.buffer
-        slop = self._slop[stream.modality]
-        best_index, best_dist = -1, slop + 1
-        for index, (stamp, _) in enumerate(buffer):
-            dist = abs(stamp - stamp_ns)
-            if dist < best_dist and (next_ns is None or dist <= abs(stamp - next_ns)):
-                best_index, best_dist = index, dist
-            if stamp >= stamp_ns:
-                break  # later messages are farther away
-        if best_index < 0:
-            stream.drop_older_than(stamp_ns - slop)
-            return None
-        for _ in range(best_index):
-            buffer.popleft()
-            stream.counters.dropped_unmatched += 1
-        stream.counters.used += 1
-        return buffer.popleft()
+        slop_ns = self._slop[stream.modality]
+        index = frame_rule.nearest_index(buffer, stamp_ns, slop_ns, key=_stamp_of)
+        picked: tuple[int, Any] | None = None
+        if index is not None:
+            entry = buffer[index]
+            if not entry.used:
+                entry.used = True
+                stream.counters.used += 1
+            picked = (entry.stamp_ns, entry.payload)
+        stream.drop_first(_prunable(buffer, stamp_ns, slop_ns))
+        return picked
 
     def _take_imu(self, stamp_ns: int) -> list[Any]:
         stream = self._imu
         if stream is None:
             return []
-        start = stamp_ns - self._config.imu_window_ns
-        if self._last_emitted_ns is not None:
-            start = max(start, self._last_emitted_ns)
+        start, end = frame_rule.imu_window(
+            stamp_ns, self._last_emitted_ns, self._config.imu_window_ns
+        )
         buffer = stream.buffer
         samples: list[Any] = []
-        while buffer and buffer[0][0] <= stamp_ns:
-            stamp, payload = buffer.popleft()
-            if stamp > start:
-                samples.append(payload)
+        while buffer and buffer[0].stamp_ns <= end:
+            entry = buffer.popleft()
+            if entry.stamp_ns > start:
+                samples.append(entry.payload)
             else:
                 stream.counters.dropped_unmatched += 1
         stream.counters.used += len(samples)
         return samples
 
     def _take_gnss(self, stamp_ns: int) -> tuple[bool, Any]:
-        """(found, payload) of the newest usable fix; the payload itself may be anything."""
+        """(found, payload) of the frame rule's fix; the payload itself may be anything."""
         stream = self._gnss
         if stream is None:
             return False, None
         buffer = stream.buffer
-        latest_ns = stamp_ns + self._slop[Modality.GNSS]
-        chosen = -1
-        for index, (stamp, _) in enumerate(buffer):
-            if stamp > latest_ns:
-                break
-            chosen = index
-        if chosen < 0 or buffer[chosen][0] < stamp_ns - self._config.gnss_staleness_ns:
+        index = frame_rule.gnss_index(
+            buffer,
+            stamp_ns,
+            self._slop[Modality.GNSS],
+            self._config.gnss_staleness_ns,
+            key=_stamp_of,
+        )
+        if index is None:
             return False, None
-        counters = stream.counters
-        for _ in range(chosen):  # older fixes can no longer be the newest for any frame
-            stamp, _payload = buffer.popleft()
-            if stamp != stream.gnss_used_ns:
-                counters.dropped_unmatched += 1
-        stamp, payload = buffer[0]
-        if stamp != stream.gnss_used_ns:
-            counters.used += 1
-            stream.gnss_used_ns = stamp
-        return True, payload
+        stream.drop_first(index)  # older fixes can no longer be the newest for any frame
+        entry = buffer[0]
+        if not entry.used:
+            entry.used = True
+            stream.counters.used += 1
+        return True, entry.payload
 
     def _reset(self, now_ns: int) -> list[SyncedFrame]:
         """Time went backwards: emit what is pending, then start over with empty buffers."""
@@ -775,7 +813,7 @@ def _reference_of(sensors: Sequence[SyncSensor], config: SyncConfig) -> str:
                 f"reference_sensor {config.reference_sensor!r} is not a configured sensor; "
                 f"choose one of {list(by_name)}"
             )
-        if sensor.modality not in _SINGLE_USE:
+        if sensor.modality not in NEAREST_MODALITIES:
             raise ConfigError(
                 f"reference_sensor {sensor.name!r} is {sensor.modality.value}; choose a LiDAR, "
                 "radar or camera"

@@ -9,6 +9,11 @@ Frames and time:
   - The reference of a record is the keyframe's LIDAR_TOP sample_data: its timestamp is the
     record's `timestamp_ns` and its ego pose is the record's ego frame. Every point, camera
     extrinsic and box is expressed in that ego frame (x forward, y left, z up).
+  - The other sensors follow the node's frame rule (core.frame_rule) on each channel's whole
+    timeline in the scene (keyframes and sweeps): the sweep nearest the reference within slop,
+    else the sensor is absent. The sample's own sample_data lists play no part; its
+    annotations are the ground truth: by default the boxes with at least one LiDAR or radar
+    point, at any distance (data.gt_filter: training targets, not the metric's class ranges).
   - Points of older sweeps (and of radars/cameras, which fire at other times) go through their
     own ego pose into the global frame and back into the reference ego frame, so ego motion is
     compensated. `dt_s` = (reference time - sweep time) in seconds; a radar keyframe taken just
@@ -21,10 +26,13 @@ as `core.types.NUSCENES_CAMERAS`), plus "imu" and "gnss" for the derived sensors
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import json
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +41,14 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from peftdml_ros.core import frame_rule
 from peftdml_ros.core import radar as core_radar
 from peftdml_ros.core.errors import ConfigError, InputDataError
-from peftdml_ros.core.geometry import quaternion_wxyz_to_matrix
+from peftdml_ros.core.geometry import (
+    quaternion_wxyz_to_matrix,
+    rotate_vectors_f32,
+    transform_points_f32,
+)
 from peftdml_ros.core.preprocess import scale_intrinsics
 from peftdml_ros.core.types import (
     EARTH_RADIUS_M,
@@ -47,6 +60,7 @@ from peftdml_ros.core.types import (
     RADAR_POINT_FIELDS,
     CameraImage,
     Detections,
+    FloatArray,
     Frame,
     GnssFix,
     ImuSample,
@@ -54,6 +68,7 @@ from peftdml_ros.core.types import (
     Modality,
     PointCloud,
 )
+from peftdml_ros.data.gt_filter import KEEP_ALL_GT, NAMED_GT_FILTERS, GtFilter, keep_annotations
 
 _LOG = logging.getLogger(__name__)
 
@@ -103,6 +118,8 @@ CAMERA_DOWNSCALES: dict[int, int] = {
     8: cv2.IMREAD_REDUCED_COLOR_8,
 }
 US_TO_NS = 1000
+# Scenes whose timelines and IMU samples a reader keeps (least recently used go first).
+SCENES_KEPT = 4
 
 F64Array = npt.NDArray[np.float64]
 
@@ -443,24 +460,60 @@ class KeyframeRecord:
     gt_instance_tokens: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class _Timeline:
+    """One channel's sample_data records of a scene, sorted by timestamp; stamps_ns alongside."""
+
+    stamps_ns: list[int]
+    records: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class _SceneTimelines:
+    """Every channel's timeline of one scene, and the scene's IMU samples."""
+
+    channels: dict[str, _Timeline]
+    imu: tuple[ImuSample, ...]
+    imu_stamps_ns: list[int]
+
+
 class NuScenesReader:
     """Keyframes of a nuScenes version (one split) as KeyframeRecords, in scene order.
 
+    Frames follow the frame rule the node's synchronizer applies (core.frame_rule), with each
+    keyframe's LIDAR_TOP sweep as the trigger: every radar and camera gives the sample_data of
+    its channel (keyframes and sweeps, the scene's whole timeline) nearest the LiDAR stamp
+    within its slop, or is absent from the frame (presence mask) when none is that near; the
+    IMU window and the GNSS fix (one derived per LIDAR_TOP sweep, as the bag writer derives it)
+    follow the same rules. Ground truth stays the sample's annotations.
+
     lidar_sweeps: LiDAR sweeps merged per record, the keyframe's own included (1 = keyframe
-    only); radar_sweeps: the same per radar. camera_downscale: decode JPEGs at 1/1, 1/2, 1/4
-    or 1/8 size (intrinsics scaled to match). imu_window_s: CAN ms_imu samples in
-    (max(t - window, previous LiDAR sweep), t] go with the record: exactly what the node's
-    synchronizer gives a LiDAR-triggered frame (samples since the previous frame, capped), so
-    IMU features are computed over the same window in training and on the vehicle. can_bus:
-    read <dataroot>/can_bus for the IMU; False leaves IMU absent in every record (for a download
-    without the CAN bus expansion).
+    only); radar_sweeps: the same per radar, counted from the chosen sweep backwards.
+    camera_downscale: decode JPEGs at 1/1, 1/2, 1/4 or 1/8 size (intrinsics scaled to match).
+    slop_s: per modality name ("lidar", "radar", "camera", "gnss"), the largest |stamp - frame
+    stamp| in seconds, as the node's sync.slop_s; missing ones take core.frame_rule's defaults.
+    imu_window_s: CAN ms_imu samples in (max(t - window, previous LiDAR sweep), t] go with the
+    record: exactly what the synchronizer gives a LiDAR-triggered frame (samples since the
+    previous frame, capped); only samples within the scene's span (its first to last
+    sample_data) exist, as in a recording of the scene. gnss_staleness_s: the oldest fix a frame
+    takes. can_bus: read <dataroot>/can_bus for the IMU; False leaves IMU absent in every record
+    (for a download without the CAN bus expansion).
     compensate_ego_motion: True moves every radar and camera into the reference (LIDAR_TOP) ego
     pose through the sensors' own ego poses (the physically aligned frame); False places each
-    sensor's newest sweep with its static extrinsics, in the ego frame at its own time, as the
-    node does with /tf_static alone (earlier sweeps of a sensor are still moved to its newest).
-    radar_filter: keep only the clusters the devkit keeps by default. gt_min_points: drop
-    ground-truth boxes with fewer lidar + radar points (the nuScenes evaluation ignores boxes
-    with 0; 1 matches it, 0 keeps every box).
+    sensor's chosen sweep with its static extrinsics, in the ego frame at its own time, as the
+    node does with /tf_static alone (earlier sweeps of a sensor are still moved to its chosen
+    one). Points go through core.geometry.transform_points_f32, the node's own function.
+    radar_filter: keep only the clusters the devkit keeps by default.
+    gt_filter: which ground-truth boxes a record keeps (data.gt_filter). "visible" (default,
+    for training and caching): boxes with at least one LiDAR + radar point, at any distance.
+    The nuScenes evaluation also drops boxes beyond their class range (40 m for pedestrians
+    and bicycles, 30 m for cones and barriers), but their points lie inside the model's BEV
+    range and the node reports them there: as targets they must stay objects, not background.
+    "devkit": the evaluation's own filter (class range, at least one point, bike racks), to
+    see a record's ground truth as the metric counts it; the evaluation (data.evaluation) does
+    not depend on this option, it filters with the devkit's loaders. "keep_all": every box of
+    the 10 detection classes. Or a GtFilter. gt_min_points, when given, replaces the filter's
+    minimum number of points.
     """
 
     def __init__(
@@ -472,10 +525,13 @@ class NuScenesReader:
         lidar_sweeps: int = 10,
         radar_sweeps: int = 6,
         camera_downscale: int = 4,
-        imu_window_s: float = 1.0,
+        slop_s: Mapping[str, float] | None = None,
+        imu_window_s: float = frame_rule.DEFAULT_IMU_WINDOW_NS / 1e9,
+        gnss_staleness_s: float = frame_rule.DEFAULT_GNSS_STALENESS_NS / 1e9,
         can_bus: bool = True,
         radar_filter: bool = True,
-        gt_min_points: int = 0,
+        gt_filter: GtFilter | str = "visible",
+        gt_min_points: int | None = None,
         compensate_ego_motion: bool = True,
         nusc: Any = None,
     ) -> None:
@@ -490,21 +546,39 @@ class NuScenesReader:
             )
         if not imu_window_s > 0:
             raise ConfigError(f"imu_window_s {imu_window_s} must be > 0")
+        if not gnss_staleness_s >= 0:
+            raise ConfigError(f"gnss_staleness_s {gnss_staleness_s} must be >= 0")
         self.dataroot = Path(dataroot)
         self.version = version
         self.lidar_sweeps = lidar_sweeps
         self.radar_sweeps = radar_sweeps
         self.camera_downscale = camera_downscale
+        self.slop_ns = _slop_ns(slop_s)
         self.imu_window_ns = round(imu_window_s * 1e9)
+        self.gnss_staleness_ns = round(gnss_staleness_s * 1e9)
         self.radar_filter = radar_filter
-        if gt_min_points < 0:
-            raise ConfigError(f"gt_min_points {gt_min_points} must be >= 0")
-        self.gt_min_points = gt_min_points
+        self.gt_filter = _gt_filter(gt_filter, gt_min_points)
         self.compensate_ego_motion = compensate_ego_motion
         self.nusc = nusc if nusc is not None else open_nuscenes(self.dataroot, version)
         self.scene_names = split_scene_names(self.nusc, split)
         self.sample_tokens = self._sample_tokens()
         self._can = CanImu(self.dataroot) if can_bus else None
+        self._sample_data_by_scene: dict[str, list[dict[str, Any]]] | None = None
+        self._channel_of_calibration: dict[str, str] = {}
+        self._timelines: OrderedDict[str, _SceneTimelines] = OrderedDict()
+
+    @property
+    def gt_min_points(self) -> int:
+        return self.gt_filter.min_points
+
+    @property
+    def slop_s(self) -> dict[str, float]:
+        """The frame rule's slop per modality name, in seconds (the node's sync.slop_s)."""
+        return {m.value: self.slop_ns[m] / 1e9 for m in Modality if m in _SLOP_SETTING_MODALITIES}
+
+    @property
+    def gnss_staleness_s(self) -> float:
+        return self.gnss_staleness_ns / 1e9
 
     def _sample_tokens(self) -> list[str]:
         tokens: list[str] = []
@@ -528,58 +602,67 @@ class NuScenesReader:
             raise IndexError(f"keyframe index {index} out of range for {len(self)} keyframes")
         return self.record(self.sample_tokens[index])
 
+    def chosen_sample_data(self, sample_token: str) -> dict[str, dict[str, Any]]:
+        """Channel -> the sample_data record the frame rule picks for this keyframe (LIDAR_TOP:
+        the keyframe sweep itself); a channel with nothing within slop is left out."""
+        nusc = self.nusc
+        sample = nusc.get("sample", sample_token)
+        lidar_token = sample["data"].get(LIDAR_CHANNEL)
+        if lidar_token is None:
+            raise NuScenesDataError(
+                f"sample {sample_token} has no {LIDAR_CHANNEL} sample_data; every keyframe needs "
+                "one as its time and ego-frame reference"
+            )
+        ref_sd = nusc.get("sample_data", lidar_token)
+        ref_ns = int(ref_sd["timestamp"]) * US_TO_NS
+        timelines = self._scene_timelines(sample["scene_token"]).channels
+        chosen: dict[str, dict[str, Any]] = {LIDAR_CHANNEL: ref_sd}
+        for channel in (*RADAR_CHANNELS, *CAMERA_CHANNELS):
+            timeline = timelines.get(channel)
+            if timeline is None:
+                continue
+            modality = Modality.RADAR if channel in RADAR_CHANNELS else Modality.CAMERA
+            index = frame_rule.nearest_index(timeline.stamps_ns, ref_ns, self.slop_ns[modality])
+            if index is not None:
+                chosen[channel] = timeline.records[index]
+        return chosen
+
     def record(self, sample_token: str) -> KeyframeRecord:
         """The record of one sample token."""
         nusc = self.nusc
         sample = nusc.get("sample", sample_token)
         scene = nusc.get("scene", sample["scene_token"])
         location = str(nusc.get("log", scene["log_token"])["location"])
-        channels = {
-            sensor_channel(nusc, nusc.get("sample_data", token)): token
-            for token in sample["data"].values()
-        }
-        if LIDAR_CHANNEL not in channels:
-            raise NuScenesDataError(
-                f"sample {sample_token} has no {LIDAR_CHANNEL} sample_data; every keyframe needs "
-                "one as its time and ego-frame reference"
-            )
-        ref_sd = nusc.get("sample_data", channels[LIDAR_CHANNEL])
-        ref_us = int(ref_sd["timestamp"])
+        chosen = self.chosen_sample_data(sample_token)
+        ref_sd = chosen[LIDAR_CHANNEL]
+        ref_ns = int(ref_sd["timestamp"]) * US_TO_NS
         global_to_ref = np.linalg.inv(global_from_ego(nusc, ref_sd))
-        lidar = self._merged_sweeps(ref_sd, ref_us, global_to_ref, self.lidar_sweeps, _lidar_rows)
+        lidar = self._merged_sweeps(ref_sd, ref_sd, global_to_ref, self.lidar_sweeps, _lidar_rows)
         radars = tuple(
             self._merged_sweeps(
-                nusc.get("sample_data", channels[ch]),
-                ref_us,
-                global_to_ref,
-                self.radar_sweeps,
-                self._radar_rows,
+                chosen[ch], ref_sd, global_to_ref, self.radar_sweeps, self._radar_rows
             )
             for ch in RADAR_CHANNELS
-            if ch in channels
+            if ch in chosen
         )
         cameras = tuple(
-            self._camera(nusc.get("sample_data", channels[ch]), global_to_ref)
+            self._camera(chosen[ch], ref_sd, global_to_ref)
             for ch in CAMERA_CHANNELS
-            if ch in channels
+            if ch in chosen
         )
-        previous_sweep_ns = (
-            int(self.nusc.get("sample_data", ref_sd["prev"])["timestamp"]) * US_TO_NS
-            if ref_sd["prev"]
-            else None
-        )
-        imu = self._imu(scene["name"], ref_us * US_TO_NS, previous_sweep_ns)
+        timelines = self._scene_timelines(sample["scene_token"])
+        imu = self._imu(timelines, ref_ns)
         ego_to_global = np.linalg.inv(global_to_ref)
-        gnss = self._gnss(ref_sd, location, ego_to_global)
-        present = {ch: ch in channels for ch in KNOWN_CHANNELS}
+        gnss = self._gnss(timelines, ref_sd, location, ego_to_global)
+        present = {ch: ch in chosen for ch in KNOWN_CHANNELS}
         # A LiDAR whose keyframe sweep is empty is dead at this instant (older sweeps may still
         # hold points): report it absent so the model gates it out.
         lidar_alive = bool((lidar.points[:, 4] == 0.0).any())  # dt_s is exactly 0 there
         present[LIDAR_CHANNEL] = lidar_alive
         present[IMU_SENSOR] = bool(imu)
-        present[GNSS_SENSOR] = True
+        present[GNSS_SENSOR] = gnss is not None
         frame = Frame(
-            stamp_ns=ref_us * US_TO_NS,
+            stamp_ns=ref_ns,
             trigger_sensor=LIDAR_CHANNEL,
             lidar=(lidar,),
             radar=radars,
@@ -592,15 +675,15 @@ class NuScenesReader:
                 Modality.RADAR: bool(radars),
                 Modality.CAMERA: bool(cameras),
                 Modality.IMU: bool(imu),
-                Modality.GNSS: True,
+                Modality.GNSS: gnss is not None,
             },
         )
-        gt = ground_truth_in_ego(nusc, sample, global_to_ref, self.gt_min_points)
+        gt = ground_truth_in_ego(nusc, sample, global_to_ref, self.gt_filter)
         return KeyframeRecord(
             sample_token=sample_token,
             scene_name=str(scene["name"]),
             location=location,
-            timestamp_ns=ref_us * US_TO_NS,
+            timestamp_ns=ref_ns,
             frame=frame,
             ego_to_global=ego_to_global,
             ground_truth=gt.boxes,
@@ -608,42 +691,135 @@ class NuScenesReader:
             gt_instance_tokens=gt.instance_tokens,
         )
 
+    # ------------------------------------------------------------------------- timelines
+
+    def scene_sample_data(self) -> dict[str, list[dict[str, Any]]]:
+        """Scene token -> every sample_data record of that scene (keyframes and sweeps), for
+        every scene of the version; built in one pass over sample_data on first use and kept
+        (lists of references to the devkit's own records: no copy)."""
+        if self._sample_data_by_scene is None:
+            scene_of_sample = {s["token"]: s["scene_token"] for s in self.nusc.sample}
+            by_scene: dict[str, list[dict[str, Any]]] = {s["token"]: [] for s in self.nusc.scene}
+            for sd in self.nusc.sample_data:
+                scene_token = scene_of_sample.get(sd["sample_token"])
+                if scene_token is None:
+                    raise NuScenesDataError(
+                        f"{self.dataroot / self.version / 'sample_data.json'}: record "
+                        f"{sd['token']} names sample {sd['sample_token']}, which does not exist"
+                    )
+                by_scene[scene_token].append(sd)
+            self._sample_data_by_scene = by_scene
+        return self._sample_data_by_scene
+
+    def sample_data_files(self) -> list[str]:
+        """The sensor files (paths relative to the dataroot) of the split's scenes: everything a
+        record of the split can read."""
+        by_name = {scene["name"]: scene["token"] for scene in self.nusc.scene}
+        index = self.scene_sample_data()
+        return [sd["filename"] for name in self.scene_names for sd in index[by_name[name]]]
+
+    def _scene_timelines(self, scene_token: str) -> _SceneTimelines:
+        """A scene's per-channel timelines and IMU samples, built on the scene's first use.
+
+        Only the last SCENES_KEPT scenes are kept: records are read in scene order, and the IMU
+        samples of every scene at once (2000 a scene at 100 Hz; 1.7 M for nuScenes trainval)
+        would cost about a gigabyte in every process that reads, DataLoader workers included."""
+        timelines = self._timelines.get(scene_token)
+        if timelines is None:
+            timelines = self._build_scene(scene_token)
+            self._timelines[scene_token] = timelines
+            while len(self._timelines) > SCENES_KEPT:
+                self._timelines.popitem(last=False)
+        else:
+            self._timelines.move_to_end(scene_token)
+        return timelines
+
+    def _build_scene(self, scene_token: str) -> _SceneTimelines:
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for sd in self.scene_sample_data()[scene_token]:
+            calibration = sd["calibrated_sensor_token"]
+            channel = self._channel_of_calibration.get(calibration)
+            if channel is None:
+                channel = self._channel_of_calibration[calibration] = sensor_channel(self.nusc, sd)
+            grouped.setdefault(channel, []).append(sd)
+        timelines: dict[str, _Timeline] = {}
+        for channel, records in grouped.items():
+            records.sort(key=lambda record: int(record["timestamp"]))
+            stamps = [int(record["timestamp"]) * US_TO_NS for record in records]
+            timelines[channel] = _Timeline(stamps, records)
+        imu = self._scene_imu(scene_token, timelines)
+        return _SceneTimelines(timelines, imu, [s.stamp_ns for s in imu])
+
+    def _scene_imu(
+        self, scene_token: str, timelines: dict[str, _Timeline]
+    ) -> tuple[ImuSample, ...]:
+        """The CAN IMU samples within the scene's span (its first to last sample_data)."""
+        if self._can is None or not timelines:
+            return ()
+        samples = sorted(
+            self._can.samples(str(self.nusc.get("scene", scene_token)["name"])),
+            key=lambda sample: sample.stamp_ns,
+        )
+        start_ns = min(t.stamps_ns[0] for t in timelines.values())
+        end_ns = max(t.stamps_ns[-1] for t in timelines.values())
+        return tuple(s for s in samples if start_ns <= s.stamp_ns <= end_ns)
+
     # --------------------------------------------------------------------------- sensors
+
+    def _sensor_to_ref(
+        self,
+        sd: dict[str, Any],
+        chosen_sd: dict[str, Any],
+        ref_sd: dict[str, Any],
+        global_to_ref: F64Array,
+    ) -> F64Array:
+        """[4, 4] transform of a sweep's sensor frame into the frame its points are given in.
+
+        With ego-motion compensation: the reference (LIDAR_TOP keyframe) ego frame. Without:
+        the ego frame at the chosen sweep's time (static extrinsics for the chosen sweep itself,
+        exactly the node's /tf_static transform). A sweep taken at the target ego pose uses the
+        extrinsics alone, not a product of a pose and its inverse (which is off in the last
+        bits).
+        """
+        nusc = self.nusc
+        target_sd = ref_sd if self.compensate_ego_motion else chosen_sd
+        if sd["ego_pose_token"] == target_sd["ego_pose_token"]:
+            return ego_from_sensor(nusc, sd)
+        if not self.compensate_ego_motion:
+            global_to_ref = np.linalg.inv(global_from_ego(nusc, chosen_sd))
+        return global_to_ref @ global_from_ego(nusc, sd) @ ego_from_sensor(nusc, sd)
 
     def _merged_sweeps(
         self,
-        key_sd: dict[str, Any],
-        ref_us: int,
+        chosen_sd: dict[str, Any],
+        ref_sd: dict[str, Any],
         global_to_ref: F64Array,
         num_sweeps: int,
         rows: Any,
     ) -> PointCloud:
-        """The keyframe sweep and up to num_sweeps - 1 earlier ones, in the reference ego frame
-        (or, without ego-motion compensation, in the ego frame at this sensor's newest sweep)."""
-        channel = sensor_channel(self.nusc, key_sd)
-        if not self.compensate_ego_motion:
-            global_to_ref = np.linalg.inv(global_from_ego(self.nusc, key_sd))
-        parts: list[F64Array] = []
-        sd = key_sd
+        """The chosen sweep and up to num_sweeps - 1 earlier ones of its channel (see
+        _sensor_to_ref for the frame)."""
+        channel = sensor_channel(self.nusc, chosen_sd)
+        ref_ns = int(ref_sd["timestamp"]) * US_TO_NS
+        parts: list[FloatArray] = []
+        sd = chosen_sd
         for _ in range(num_sweeps):
-            ref_from_sensor = (
-                global_to_ref @ global_from_ego(self.nusc, sd) @ ego_from_sensor(self.nusc, sd)
-            )
-            dt_s = (ref_us - int(sd["timestamp"])) * 1e-6
-            parts.append(rows(self.dataroot / sd["filename"], ref_from_sensor, dt_s))
+            to_ref = self._sensor_to_ref(sd, chosen_sd, ref_sd, global_to_ref)
+            dt_s = frame_rule.sweep_dt_s(ref_ns, int(sd["timestamp"]) * US_TO_NS)
+            parts.append(rows(self.dataroot / sd["filename"], to_ref, dt_s))
             if not sd["prev"]:
                 break
             sd = self.nusc.get("sample_data", sd["prev"])
         fields = LIDAR_POINT_FIELDS if channel == LIDAR_CHANNEL else RADAR_POINT_FIELDS
         return PointCloud(
             sensor=channel,
-            stamp_ns=int(key_sd["timestamp"]) * US_TO_NS,
-            points=np.concatenate(parts, axis=0).astype(np.float32, copy=False),
+            stamp_ns=int(chosen_sd["timestamp"]) * US_TO_NS,
+            points=np.concatenate(parts, axis=0),
             fields=fields,
         )
 
-    def _radar_rows(self, path: Path, ref_from_sensor: F64Array, dt_s: float) -> F64Array:
-        """[N, 7] RADAR_POINT_FIELDS rows of one .pcd in the reference ego frame."""
+    def _radar_rows(self, path: Path, ref_from_sensor: F64Array, dt_s: float) -> FloatArray:
+        """[N, 7] float32 RADAR_POINT_FIELDS rows of one .pcd in the reference ego frame."""
         cloud = read_radar_pcd(path)
         names = {name for name, _ in cloud.fields}
         needed: tuple[str, ...] = ("x", "y", "z", "rcs", "vx_comp", "vy_comp")
@@ -656,17 +832,20 @@ class NuScenesReader:
         if self.radar_filter:
             # The node applies the same rule to live clouds (core.radar); the bag keeps all.
             pts = pts[core_radar.cluster_keep_mask(*(pts[f] for f in core_radar.STATE_FIELDS))]
-        out = np.empty((pts.shape[0], len(RADAR_POINT_FIELDS)), dtype=np.float64)
-        xyz = np.stack([pts["x"], pts["y"], pts["z"]], axis=1).astype(np.float64)
-        out[:, 0:3] = transform_points(ref_from_sensor, xyz)
+        out = np.empty((pts.shape[0], len(RADAR_POINT_FIELDS)), dtype=np.float32)
+        xyz = np.stack([pts["x"], pts["y"], pts["z"]], axis=1).astype(np.float32)
+        out[:, 0:3] = transform_points_f32(xyz, ref_from_sensor)
         out[:, 3] = pts["rcs"]
         # Ego-motion-compensated radial velocities, rotated (not translated) into the ego frame.
-        vel = np.stack([pts["vx_comp"], pts["vy_comp"], np.zeros(len(pts))], axis=1)
-        out[:, 4:6] = (vel @ ref_from_sensor[:3, :3].T)[:, :2]
+        vel = np.zeros((pts.shape[0], 3), dtype=np.float32)
+        vel[:, 0], vel[:, 1] = pts["vx_comp"], pts["vy_comp"]
+        out[:, 4:6] = rotate_vectors_f32(vel, ref_from_sensor)[:, :2]
         out[:, 6] = dt_s
         return out
 
-    def _camera(self, sd: dict[str, Any], global_to_ref: F64Array) -> CameraImage:
+    def _camera(
+        self, sd: dict[str, Any], ref_sd: dict[str, Any], global_to_ref: F64Array
+    ) -> CameraImage:
         path = self.dataroot / sd["filename"]
         image = decode_jpeg(read_jpeg_bytes(path), self.camera_downscale, path)
         full_w, full_h = int(sd["width"]), int(sd["height"])
@@ -681,11 +860,7 @@ class NuScenesReader:
             image.shape[1] / full_w,
             image.shape[0] / full_h,
         )
-        ref_from_cam = (
-            global_to_ref @ global_from_ego(self.nusc, sd) @ ego_from_sensor(self.nusc, sd)
-            if self.compensate_ego_motion
-            else ego_from_sensor(self.nusc, sd)
-        )
+        ref_from_cam = self._sensor_to_ref(sd, sd, ref_sd, global_to_ref)
         return CameraImage(
             sensor=sensor_channel(self.nusc, sd),
             stamp_ns=int(sd["timestamp"]) * US_TO_NS,
@@ -694,21 +869,70 @@ class NuScenesReader:
             camera_to_ego=ref_from_cam.astype(np.float32),
         )
 
-    def _imu(
-        self, scene_name: str, ref_ns: int, previous_sweep_ns: int | None
-    ) -> tuple[ImuSample, ...]:
-        """The samples the node's synchronizer gives a LiDAR-triggered frame: those since the
-        previous LiDAR sweep (the previous frame), at most `imu_window_s` old."""
-        if self._can is None:
-            return ()
-        samples = self._can.samples(scene_name)
-        lo, hi = ref_ns - self.imu_window_ns, ref_ns
-        if previous_sweep_ns is not None:
-            lo = max(lo, previous_sweep_ns)
-        return tuple(s for s in samples if lo < s.stamp_ns <= hi)
+    def _imu(self, timelines: _SceneTimelines, ref_ns: int) -> tuple[ImuSample, ...]:
+        """The samples the synchronizer gives a LiDAR-triggered frame: those since the previous
+        LiDAR sweep (the previous frame), at most `imu_window_s` old."""
+        lidar = timelines.channels[LIDAR_CHANNEL]
+        index = bisect.bisect_left(lidar.stamps_ns, ref_ns)
+        previous_ns = lidar.stamps_ns[index - 1] if index > 0 else None
+        window = frame_rule.imu_slice(
+            timelines.imu_stamps_ns, ref_ns, previous_ns, self.imu_window_ns
+        )
+        return timelines.imu[window]
 
-    def _gnss(self, ref_sd: dict[str, Any], location: str, ego_to_global: F64Array) -> GnssFix:
-        return gnss_fix(self.nusc, ref_sd, location, ego_to_global)
+    def _gnss(
+        self,
+        timelines: _SceneTimelines,
+        ref_sd: dict[str, Any],
+        location: str,
+        ego_to_global: F64Array,
+    ) -> GnssFix | None:
+        """The frame rule's fix among those derived from every LIDAR_TOP sweep (as the bag
+        writer derives them), or None when none is recent enough."""
+        lidar = timelines.channels[LIDAR_CHANNEL]
+        ref_ns = int(ref_sd["timestamp"]) * US_TO_NS
+        index = frame_rule.gnss_index(
+            lidar.stamps_ns, ref_ns, self.slop_ns[Modality.GNSS], self.gnss_staleness_ns
+        )
+        if index is None:
+            return None
+        sd = lidar.records[index]
+        pose = ego_to_global if sd["token"] == ref_sd["token"] else None
+        return gnss_fix(self.nusc, sd, location, pose)
+
+
+# Modalities with a slop setting (the IMU takes a window instead).
+_SLOP_SETTING_MODALITIES = (Modality.LIDAR, Modality.RADAR, Modality.CAMERA, Modality.GNSS)
+
+
+def _slop_ns(slop_s: Mapping[str, float] | None) -> dict[Modality, int]:
+    """Per-modality slop (ns) from the node-style {"camera": 0.05, ...} mapping (seconds)."""
+    out = dict(frame_rule.DEFAULT_SLOP_NS)
+    for name, value in (slop_s or {}).items():
+        modality = next((m for m in _SLOP_SETTING_MODALITIES if m.value == name), None)
+        if modality is None:
+            raise ConfigError(
+                f"slop_s names {name!r}; use modality names "
+                f"{[m.value for m in _SLOP_SETTING_MODALITIES]}"
+            )
+        if not value >= 0:
+            raise ConfigError(f"slop_s[{name!r}] = {value} must be >= 0 (seconds)")
+        out[modality] = round(value * 1e9)
+    return out
+
+
+def _gt_filter(gt_filter: GtFilter | str, min_points: int | None) -> GtFilter:
+    if isinstance(gt_filter, str):
+        chosen = NAMED_GT_FILTERS.get(gt_filter)
+        if chosen is None:
+            raise ConfigError(
+                f"gt_filter {gt_filter!r} is unknown; use one of {sorted(NAMED_GT_FILTERS)} or a "
+                "GtFilter"
+            )
+        gt_filter = chosen
+    if min_points is not None:
+        gt_filter = dataclasses.replace(gt_filter, min_points=min_points)
+    return gt_filter
 
 
 @dataclass(frozen=True)
@@ -721,24 +945,30 @@ class GroundTruth:
 
 
 def ground_truth_in_ego(
-    nusc: Any, sample: dict[str, Any], global_to_ego: F64Array, min_points: int = 0
+    nusc: Any, sample: dict[str, Any], global_to_ego: F64Array, gt_filter: GtFilter = KEEP_ALL_GT
 ) -> GroundTruth:
     """A sample's annotations of the 10 detection classes, in the ego frame `global_to_ego`.
 
     Velocity comes from the devkit's box_velocity (global, NaN where it cannot be estimated),
-    rotated into the ego frame; the attribute is the annotation's only one, or "". Boxes with
-    fewer than `min_points` lidar + radar points are left out.
+    rotated into the ego frame; the attribute is the annotation's only one, or "". Boxes the
+    filter drops (data.gt_filter; default: none) are left out.
     """
     from nuscenes.eval.detection.utils import category_to_detection_name
 
-    rows: list[tuple[F64Array, F64Array, float, F64Array, int, str, int, str]] = []
-    rotation = global_to_ego[:3, :3]
+    annotations: list[tuple[dict[str, Any], str]] = []
     for ann_token in sample["anns"]:
         ann = nusc.get("sample_annotation", ann_token)
         name = category_to_detection_name(ann["category_name"])
-        num_points = int(ann["num_lidar_pts"]) + int(ann["num_radar_pts"])
-        if name is None or num_points < min_points:
+        if name is not None:
+            annotations.append((ann, name))
+    keep = keep_annotations(nusc, sample, annotations, gt_filter)
+    rows: list[tuple[F64Array, F64Array, float, F64Array, int, str, int, str]] = []
+    rotation = global_to_ego[:3, :3]
+    for (ann, name), kept in zip(annotations, keep, strict=True):
+        if not kept:
             continue
+        ann_token = ann["token"]
+        num_points = int(ann["num_lidar_pts"]) + int(ann["num_radar_pts"])
         center = transform_points(global_to_ego, np.asarray([ann["translation"]]))[0]
         yaw = yaw_of(rotation @ quaternion_wxyz_to_matrix(ann["rotation"]))
         velocity = rotation @ np.asarray(nusc.box_velocity(ann_token), dtype=np.float64)
@@ -779,11 +1009,11 @@ def _attribute_name(nusc: Any, ann: dict[str, Any]) -> str:
     return str(nusc.get("attribute", tokens[0])["name"]) if tokens else ""
 
 
-def _lidar_rows(path: Path, ref_from_sensor: F64Array, dt_s: float) -> F64Array:
-    """[N, 5] LIDAR_POINT_FIELDS rows of one .bin in the reference ego frame."""
+def _lidar_rows(path: Path, ref_from_sensor: F64Array, dt_s: float) -> FloatArray:
+    """[N, 5] float32 LIDAR_POINT_FIELDS rows of one .bin in the reference ego frame."""
     raw = read_lidar_bin(path)
-    out = np.empty((raw.shape[0], len(LIDAR_POINT_FIELDS)), dtype=np.float64)
-    out[:, 0:3] = transform_points(ref_from_sensor, raw[:, 0:3].astype(np.float64))
+    out = np.empty((raw.shape[0], len(LIDAR_POINT_FIELDS)), dtype=np.float32)
+    out[:, 0:3] = transform_points_f32(raw[:, 0:3], ref_from_sensor)
     out[:, 3] = raw[:, 3]
     out[:, 4] = dt_s
     return out
@@ -821,9 +1051,10 @@ def gnss_fix(
 
 
 class CanImu:
-    """ms_imu messages of <dataroot>/can_bus/<scene>_ms_imu.json as ImuSamples, cached per scene.
+    """ms_imu messages of <dataroot>/can_bus/<scene>_ms_imu.json as ImuSamples, one scene a call.
 
     ms_imu: utime (us), linear_accel (m/s^2), rotation_rate (rad/s), q (w, x, y, z), 100 Hz.
+    Nothing is cached here: callers keep what they need (the reader keeps a few scenes).
     """
 
     def __init__(self, dataroot: Path) -> None:
@@ -834,12 +1065,9 @@ class CanImu:
                 "there, or pass can_bus=False to read without IMU"
             )
         self._api: Any = None
-        self._cache: dict[str, tuple[ImuSample, ...]] = {}
 
     def samples(self, scene_name: str) -> tuple[ImuSample, ...]:
-        if scene_name not in self._cache:
-            self._cache[scene_name] = self._load(scene_name)
-        return self._cache[scene_name]
+        return self._load(scene_name)
 
     def _load(self, scene_name: str) -> tuple[ImuSample, ...]:
         from nuscenes.can_bus.can_bus_api import NuScenesCanBus

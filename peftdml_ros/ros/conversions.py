@@ -33,7 +33,12 @@ from peftdml_ros.core import image as core_image
 from peftdml_ros.core import pointcloud as core_pc
 from peftdml_ros.core import radar as core_radar
 from peftdml_ros.core.errors import InputDataError
-from peftdml_ros.core.geometry import matrix_to_quaternion, quaternion_to_matrix
+from peftdml_ros.core.geometry import (
+    matrix_to_quaternion,
+    quaternion_to_matrix,
+    rotate_vectors_f32,
+    transform_points_f32,
+)
 from peftdml_ros.core.preprocess import scale_intrinsics
 from peftdml_ros.core.types import (
     EARTH_RADIUS_M,
@@ -133,10 +138,9 @@ def check_frame(frame_id: str, expected: str) -> None:
 
 
 def _transform_points(points: FloatArray, ego_from_sensor: npt.NDArray[np.float64]) -> None:
-    """In place: points[:, 0:3] <- R @ p + t (float32 [N, >=3])."""
-    rotation = ego_from_sensor[:3, :3].astype(np.float32)
-    translation = ego_from_sensor[:3, 3].astype(np.float32)
-    points[:, 0:3] = points[:, 0:3] @ rotation.T + translation
+    """In place: points[:, 0:3] <- R @ p + t (float32 [N, >=3]), with the dataset reader's
+    function (core.geometry), so live and recorded sweeps give bit-identical points."""
+    points[:, 0:3] = transform_points_f32(points[:, 0:3], ego_from_sensor)
 
 
 def _finite_rows(points: FloatArray, what: str) -> FloatArray:
@@ -198,10 +202,9 @@ def radar_to_core(
     out = np.zeros((points.shape[0], len(RADAR_POINT_FIELDS)), dtype=np.float32)
     out[:, :6] = points
     _transform_points(out, ego_from_sensor)
-    rotation = ego_from_sensor[:3, :3].astype(np.float32)
     velocity = np.zeros((points.shape[0], 3), dtype=np.float32)
     velocity[:, :2] = points[:, 4:6]
-    out[:, 4:6] = (velocity @ rotation.T)[:, :2]
+    out[:, 4:6] = rotate_vectors_f32(velocity, ego_from_sensor)[:, :2]
     return PointCloud(sensor, stamp_to_ns(msg.header.stamp), out, RADAR_POINT_FIELDS)  # type: ignore[attr-defined]
 
 

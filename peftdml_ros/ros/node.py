@@ -19,6 +19,7 @@ timers run on the steady clock, so a paused or slowed /clock never stalls pollin
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import traceback
@@ -52,6 +53,7 @@ try:  # rclpy of Jazzy and later
 except ImportError:  # Humble
     from rclpy.clock import ClockType  # type: ignore[attr-defined]
 
+from peftdml_ros.core import frame_rule
 from peftdml_ros.core.errors import ConfigError, InputDataError, PeftdmlError
 from peftdml_ros.core.sync import FrameSynchronizer, SyncConfig, SyncedFrame, SyncSensor
 from peftdml_ros.core.types import CameraImage, Frame, Modality, PointCloud
@@ -533,6 +535,8 @@ class PeftdmlNode(Node):
             "radar_sweeps": 1,
             "camera_downscale": config.camera_decode_reduction,
             "imu_window_s": config.imu_window_s,
+            "slop_s": {m.value: v for m, v in config.slop_s.items()},
+            "gnss_staleness_s": config.gnss_staleness_s,
             "radar_filter": True,
             "compensate_ego_motion": False,  # static extrinsics only (no odometry)
         }
@@ -542,7 +546,7 @@ class PeftdmlNode(Node):
             self.get_logger().warning(
                 "the model was trained on frames built differently from this node's: "
                 + "; ".join(mismatches)
-                + " (set input.camera_decode_reduction / sync.imu_window_s to match, or retrain)"
+                + " (set input.camera_decode_reduction / sync.* to match, or retrain)"
             )
 
     # ----------------------------------------------------------------------------- parameters
@@ -608,10 +612,16 @@ def _rate_hz(arrivals_ns: deque[int]) -> float | None:
     return (len(arrivals_ns) - 1) * NS_PER_S / span_ns if span_ns > 0 else None
 
 
-def _with_dt(cloud: PointCloud, frame_stamp_ns: int) -> PointCloud:
-    """Fill the dt_s column (frame stamp - sweep stamp, s); the array is the node's own copy."""
-    cloud.points[:, -1] = (frame_stamp_ns - cloud.stamp_ns) / 1e9
-    return cloud
+def _with_dt(cloud: PointCloud, frame_stamp_ns: int, *, shared: bool) -> PointCloud:
+    """The cloud with its dt_s column filled (frame stamp - sweep stamp, s; core.frame_rule).
+
+    A contributor's message may serve several frames (the frame rule reuses it) that the worker
+    may still hold: give each frame its own copy. The trigger's cloud belongs to its frame only
+    and is filled in place.
+    """
+    points = cloud.points.copy() if shared else cloud.points
+    points[:, -1] = frame_rule.sweep_dt_s(frame_stamp_ns, cloud.stamp_ns)
+    return dataclasses.replace(cloud, points=points) if shared else cloud
 
 
 def build_frame(synced: SyncedFrame, config: NodeConfig) -> Frame:
@@ -623,10 +633,11 @@ def build_frame(synced: SyncedFrame, config: NodeConfig) -> Frame:
         item = synced.items.get(spec.name)
         if item is None:
             continue
+        shared = spec.name != synced.trigger_sensor
         if spec.modality is Modality.LIDAR:
-            lidar.append(_with_dt(item.value, synced.stamp_ns))
+            lidar.append(_with_dt(item.value, synced.stamp_ns, shared=shared))
         elif spec.modality is Modality.RADAR:
-            radar.append(_with_dt(item.value, synced.stamp_ns))
+            radar.append(_with_dt(item.value, synced.stamp_ns, shared=shared))
         elif spec.modality is Modality.CAMERA:
             cameras.append(item.value)
     return Frame(

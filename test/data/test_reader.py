@@ -200,13 +200,17 @@ def test_cameras_decode_reduced_with_scaled_intrinsics(reader: nr.NuScenesReader
     np.testing.assert_allclose(cam.intrinsics[0, 2], (k[0, 2] + 0.5) * sx - 0.5, rtol=1e-5)
 
 
-def test_ground_truth_is_in_ego_frame(reader: nr.NuScenesReader) -> None:
+def test_ground_truth_is_in_ego_frame(reader: nr.NuScenesReader, dataroot: Path) -> None:
     from nuscenes.eval.detection.utils import category_to_detection_name
 
     nusc = reader.nusc
+    every_box = nr.NuScenesReader(
+        dataroot, VERSION, None, lidar_sweeps=1, radar_sweeps=1, camera_downscale=8,
+        gt_filter="keep_all", nusc=nusc,
+    )  # fmt: skip
     checked = 0
     for index in range(min(len(reader), 4)):
-        rec = reader[index]
+        rec = every_box[index]
         gt = rec.ground_truth
         assert (gt.score == 1).all()
         anns = {}
@@ -295,6 +299,26 @@ def _real_copy(path: Path) -> None:
 @pytest.fixture
 def shadow(dataroot: Path, tmp_path: Path) -> Path:
     return _shadow(dataroot, tmp_path / "shadow")
+
+
+def test_the_rule_reads_the_whole_timeline_not_the_samples_own_data(shadow: Path) -> None:
+    """A sample whose RADAR_FRONT keyframe record is a sweep far from the LiDAR: the frame still
+    takes the nearest sweep of the channel's timeline, whatever the sample lists."""
+    table = shadow / VERSION / "sample_data.json"
+    records = json.loads(table.read_text())
+    reader = nr.NuScenesReader(shadow, VERSION, lidar_sweeps=1, radar_sweeps=1)
+    token = reader.sample_tokens[_late_index(reader)]
+    key = reader.nusc.get("sample_data", reader.nusc.get("sample", token)["data"]["RADAR_FRONT"])
+    by_token = {r["token"]: r for r in records}
+    by_token[key["token"]]["is_key_frame"] = False
+    by_token[key["prev"]]["is_key_frame"] = True  # the sweep before it, same sample
+    table.write_text(json.dumps(records))
+    moved = nr.NuScenesReader(shadow, VERSION, lidar_sweeps=1, radar_sweeps=1)
+    assert moved.nusc.get("sample", token)["data"]["RADAR_FRONT"] == key["prev"]
+    record = moved.record(token)
+    (radar,) = [c for c in record.frame.radar if c.sensor == "RADAR_FRONT"]
+    assert radar.stamp_ns == key["timestamp"] * 1000
+    assert moved.chosen_sample_data(token)["RADAR_FRONT"]["token"] == key["token"]
 
 
 def test_missing_table_names_the_file(shadow: Path) -> None:
@@ -448,6 +472,106 @@ def test_detection_eval_scores_ground_truth_perfectly(
     assert summary["nd_score"] == pytest.approx(1.0)
 
 
+def _scene_timeline(nusc: Any, scene_token: str, channel: str) -> list[dict[str, Any]]:
+    """Every sample_data of a channel in a scene (keyframes and sweeps), by the devkit's tables."""
+    records = []
+    for sd in nusc.sample_data:
+        if nusc.get("sample", sd["sample_token"])["scene_token"] != scene_token:
+            continue
+        calibration = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+        if nusc.get("sensor", calibration["sensor_token"])["channel"] == channel:
+            records.append(sd)
+    return sorted(records, key=lambda sd: sd["timestamp"])
+
+
+def _nearest_by_hand(
+    timeline: list[dict[str, Any]], ref_us: int, slop_us: int
+) -> dict[str, Any] | None:
+    """The frame rule stated directly: smallest |dt| within slop, the earlier one on a tie."""
+    near = [sd for sd in timeline if abs(sd["timestamp"] - ref_us) <= slop_us]
+    return min(near, key=lambda sd: (abs(sd["timestamp"] - ref_us), sd["timestamp"]), default=None)
+
+
+def test_frames_take_the_nearest_sweep_of_each_channel_within_slop(
+    reader: nr.NuScenesReader,
+) -> None:
+    nusc = reader.nusc
+    scene_token = nusc.get("sample", reader.sample_tokens[0])["scene_token"]
+    channels = (*nr.RADAR_CHANNELS, *nr.CAMERA_CHANNELS)
+    timelines = {ch: _scene_timeline(nusc, scene_token, ch) for ch in channels}
+    checked = 0
+    for token in reader.sample_tokens:
+        sample = nusc.get("sample", token)
+        if sample["scene_token"] != scene_token:
+            continue
+        record = reader.record(token)
+        ref_us = record.timestamp_ns // 1000
+        held = {c.sensor: c for c in (*record.frame.radar, *record.frame.cameras)}
+        for channel in channels:
+            expected = _nearest_by_hand(timelines[channel], ref_us, 50_000)
+            assert expected is not None  # a healthy generated rig: every sensor within 50 ms
+            assert held[channel].stamp_ns == expected["timestamp"] * 1000, channel
+            assert record.frame.sensor_present[channel]
+        # radar_sweeps=2: the chosen sweep (its dt) and the one before it, from its timeline.
+        for radar in record.frame.radar:
+            line = timelines[radar.sensor]
+            k = next(i for i, sd in enumerate(line) if sd["timestamp"] * 1000 == radar.stamp_ns)
+            dts = sorted({round(float(v), 6) for v in radar.points[:, 6]})
+            wanted = {
+                round((ref_us - sd["timestamp"]) * 1e-6, 6) for sd in line[max(0, k - 1) : k + 1]
+            }
+            assert set(dts) <= wanted and len(dts) >= 1
+        checked += 1
+    assert checked >= 3
+
+
+def test_sweeps_between_keyframes_serve_when_nearer(
+    dataroot: Path, reader: nr.NuScenesReader
+) -> None:
+    """With the keyframe sample_data removed from the timeline's reach (a tiny slop), a
+    channel is absent; with a slop covering the neighbour sweeps it takes the nearest one."""
+    tiny = nr.NuScenesReader(
+        dataroot, VERSION, None, lidar_sweeps=1, radar_sweeps=1, camera_downscale=8,
+        slop_s={"camera": 0.0005, "radar": 0.0005}, nusc=reader.nusc,
+    )  # fmt: skip
+    token = reader.sample_tokens[_late_index(reader)]
+    record = tiny.record(token)
+    ref_us = record.timestamp_ns // 1000
+    scene_token = reader.nusc.get("sample", token)["scene_token"]
+    absent = 0
+    for channel in (*nr.RADAR_CHANNELS, *nr.CAMERA_CHANNELS):
+        line = _scene_timeline(reader.nusc, scene_token, channel)
+        expected = _nearest_by_hand(line, ref_us, 500)
+        present = record.frame.sensor_present[channel]
+        assert present is (expected is not None), channel
+        sensors = [c.sensor for c in (*record.frame.radar, *record.frame.cameras)]
+        assert (channel in sensors) is present
+        absent += not present
+    assert absent > 0  # the generated cameras sit a few ms off the LiDAR
+    assert record.frame.modality_present[Modality.RADAR] is bool(record.frame.radar)
+    assert record.frame.modality_present[Modality.CAMERA] is bool(record.frame.cameras)
+    with pytest.raises(ConfigError, match="slop_s names 'sonar'"):
+        nr.NuScenesReader(dataroot, VERSION, slop_s={"sonar": 0.1}, nusc=reader.nusc)
+
+
+def test_imu_window_follows_the_frame_rule_within_the_scene(reader: nr.NuScenesReader) -> None:
+    nusc = reader.nusc
+    first = reader.record(reader.sample_tokens[0])  # the scene's first keyframe
+    later = reader.record(reader.sample_tokens[_late_index(reader)])
+    scene_token = nusc.get("sample", first.sample_token)["scene_token"]
+    scene_start_us = min(
+        sd["timestamp"]
+        for sd in nusc.sample_data
+        if nusc.get("sample", sd["sample_token"])["scene_token"] == scene_token
+    )
+    assert first.frame.imu and first.frame.imu[0].stamp_ns >= scene_start_us * 1000
+    lidar = nusc.get("sample_data", nusc.get("sample", later.sample_token)["data"]["LIDAR_TOP"])
+    previous_ns = nusc.get("sample_data", lidar["prev"])["timestamp"] * 1000
+    stamps = [s.stamp_ns for s in later.frame.imu]
+    assert stamps and all(previous_ns < t <= later.timestamp_ns for t in stamps)
+    assert len(stamps) == 5  # 100 Hz CAN IMU over one 50 ms LiDAR period
+
+
 def test_sensor_outages_mark_sensors_absent(synth_outage_dataroot: Path) -> None:
     reader = nr.NuScenesReader(
         synth_outage_dataroot, VERSION, lidar_sweeps=3, radar_sweeps=2, camera_downscale=8
@@ -456,7 +580,9 @@ def test_sensor_outages_mark_sensors_absent(synth_outage_dataroot: Path) -> None
     for record in reader:
         frame = record.frame
         data = reader.nusc.get("sample", record.sample_token)["data"]
-        radar_out = "RADAR_FRONT" not in data
+        scene_token = reader.nusc.get("sample", record.sample_token)["scene_token"]
+        line = _scene_timeline(reader.nusc, scene_token, "RADAR_FRONT")
+        radar_out = _nearest_by_hand(line, record.timestamp_ns // 1000, 50_000) is None
         assert frame.sensor_present["RADAR_FRONT"] is not radar_out
         assert ("RADAR_FRONT" in [c.sensor for c in frame.radar]) is not radar_out
         # A LIDAR_TOP outage keeps its records with empty sweeps.
@@ -471,3 +597,49 @@ def test_sensor_outages_mark_sensors_absent(synth_outage_dataroot: Path) -> None
         radar_outs += radar_out
         lidar_outs += lidar_out
     assert radar_outs > 0 and lidar_outs > 0  # the outages reach some keyframes
+
+
+def test_scenes_are_read_on_first_use_and_only_the_last_few_are_kept(
+    dataroot: Path, reader: nr.NuScenesReader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scene's timelines and CAN IMU are built when a record of it is first read, not for
+    the whole split at once; older scenes are dropped and rebuilt identically when needed."""
+    monkeypatch.setattr(nr, "SCENES_KEPT", 1)
+    lazy = nr.NuScenesReader(
+        dataroot, VERSION, None, lidar_sweeps=1, radar_sweeps=1, camera_downscale=8,
+        nusc=reader.nusc,
+    )  # fmt: skip
+    assert lazy._can is not None
+    load = lazy._can.samples
+    loaded: list[str] = []
+
+    def counted(name: str) -> Any:
+        loaded.append(name)
+        return load(name)
+
+    monkeypatch.setattr(lazy._can, "samples", counted)
+    nusc = lazy.nusc
+
+    def scene_of(token: str) -> str:
+        return str(nusc.get("scene", nusc.get("sample", token)["scene_token"])["name"])
+
+    assert loaded == []  # opening the reader loads no IMU
+    first = lazy.record(lazy.sample_tokens[0])
+    assert loaded == [scene_of(lazy.sample_tokens[0])]
+    for token in lazy.sample_tokens:  # in scene order: each scene's IMU is loaded once
+        lazy.chosen_sample_data(token)
+    assert loaded == lazy.scene_names and len(loaded) == 3
+    again = lazy.record(lazy.sample_tokens[0])  # its scene was dropped: built again
+    assert loaded[-1] == scene_of(lazy.sample_tokens[0]) and len(loaded) == 4
+    assert again.frame.imu == first.frame.imu and first.frame.imu
+    assert _chosen_stamps(again) == _chosen_stamps(first)
+    # A reader of one split still reads a keyframe of another split's scene.
+    val = nr.NuScenesReader(dataroot, VERSION, "synth_val", can_bus=False, nusc=reader.nusc)
+    outside = next(t for t in lazy.sample_tokens if t not in set(val.sample_tokens))
+    assert set(val.chosen_sample_data(outside)) == set(lazy.chosen_sample_data(outside))
+
+
+def _chosen_stamps(record: nr.KeyframeRecord) -> dict[str, int]:
+    frame = record.frame
+    stamps = {c.sensor: c.stamp_ns for c in (*frame.lidar, *frame.radar)}
+    return stamps | {c.sensor: c.stamp_ns for c in frame.cameras}

@@ -437,7 +437,13 @@ def _replay(h: Harness, bag: Path, drops: list[Any], loops: int = 1) -> Replay:
     last_lidar = stamps["/lidar/points"][-1]
     h.set_clock(max(max(v) for v in stamps.values()) + 1_000_000_000)
     wait_for(
-        lambda: h.record.detection_stamps().count(last_lidar) == loops, 30.0, "the last frame"
+        # Its frame status too: the node publishes it just after the detections.
+        lambda: (
+            h.record.detection_stamps().count(last_lidar) == loops
+            and last_lidar in h.record.frame_table()
+        ),
+        30.0,
+        "the last frame",
     )
     return Replay(stamps, start_ns, summary)
 
@@ -680,6 +686,9 @@ def test_build_frame_groups_by_modality_and_fills_dt(repo_root: Path, rclpy_cont
     )
     items = {"LIDAR_TOP": Received(lidar, 0), "RADAR_FRONT": Received(radar, 0)}
     frame = build_frame(_synced(T0_NS, items), config)
-    assert frame.lidar == (lidar,) and frame.radar == (radar,) and frame.cameras == ()
+    assert frame.lidar == (lidar,) and frame.cameras == ()
+    assert [(c.sensor, c.stamp_ns) for c in frame.radar] == [("RADAR_FRONT", radar.stamp_ns)]
     np.testing.assert_allclose(frame.radar[0].points[:, -1], 0.03)  # dt_s = frame - sweep
+    # A contributor may serve later frames too (frame rule reuse): its payload stays untouched.
+    assert (radar.points[:, -1] == 0).all()
     assert frame.modality_mask().tolist() == [True, True, False, False, False]
