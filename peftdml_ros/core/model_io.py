@@ -66,8 +66,11 @@ NUM_MODALITIES = len(MODALITIES)
 
 # Default fixed sizes of the inputs (ModelConfig and PreprocessConfig both start from these, and a
 # model's own config, stored with it, is what preprocessing must use at run time).
+# Ego frame (base_link: origin on the road under the rear axle). z from 2 m below the road
+# (downhill roads, ditches) to 6 m above it: a 4-5 m bus or trailer and its points fit with 1 m to
+# spare for an uphill road. (A LiDAR-frame range, -5..3 m, cut every box above 3 m in this frame.)
 DEFAULT_POINT_CLOUD_RANGE_M: tuple[float, float, float, float, float, float] = (
-    -51.2, -51.2, -5.0, 51.2, 51.2, 3.0,
+    -51.2, -51.2, -2.0, 51.2, 51.2, 6.0,
 )  # fmt: skip
 DEFAULT_MAX_LIDAR_POINTS = 32768  # one nuScenes sweep (~34k points, fewer inside the range)
 DEFAULT_MAX_RADAR_POINTS = 1024

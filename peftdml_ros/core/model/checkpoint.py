@@ -21,7 +21,8 @@ from peftdml_ros.core.errors import ConfigError, ModelArtifactError
 from peftdml_ros.core.model.config import ModelConfig
 from peftdml_ros.core.model.detector_net import PeftDmlNet, build_model
 
-CHECKPOINT_FORMAT_VERSION = 1
+# 2: normalization layers, embedding heads and ego-frame geometry (version 1 weights do not fit).
+CHECKPOINT_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)

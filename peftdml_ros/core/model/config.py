@@ -34,6 +34,9 @@ class ModelConfig:
     camera_lift_heights_m: ego-frame heights at which each BEV cell is projected into the images.
     lora_rank_*: LoRA rank of the frozen backbone layers of each modality.
     weight_*: loss weights (L = det + metric + cross-modal + temporal [+ gmm]).
+    metric_*, temporal_temperature: the contrastive terms (see losses.py and docs/model.md).
+
+    Geometry is in the ego frame (base_link: origin on the road under the rear axle, z up).
     """
 
     # Geometry of inputs and BEV grid.
@@ -45,7 +48,8 @@ class ModelConfig:
     max_radar_points: int = model_io.DEFAULT_MAX_RADAR_POINTS
     camera_names: tuple[str, ...] = NUSCENES_CAMERAS
     image_size_hw: tuple[int, int] = model_io.DEFAULT_IMAGE_SIZE_HW
-    camera_lift_heights_m: tuple[float, ...] = (-1.0, 0.0, 1.0, 2.0)
+    # Above the road: wheels/bumpers, car and pedestrian centers, roofs, truck and bus bodies.
+    camera_lift_heights_m: tuple[float, ...] = (0.3, 0.9, 1.6, 2.8)
 
     # Widths of the (frozen) backbones.
     lidar_point_channels: int = 32
@@ -71,7 +75,7 @@ class ModelConfig:
     lora_alpha: float = 8.0  # LoRA update scale = lora_alpha / rank
     adapter_bottleneck: int = 16
 
-    # Loss weights (PEFT-DML: det 1, triplet 0.5, cross-modal 0.2, temporal 0.1).
+    # Loss weights (PEFT-DML: det 1, metric 0.5, cross-modal 0.2, temporal 0.1).
     weight_det: float = 1.0
     weight_metric: float = 0.5
     weight_cross_modal: float = 0.2
@@ -84,8 +88,14 @@ class ModelConfig:
     weight_attribute: float = 0.1
     focal_alpha: float = 2.0
     focal_beta: float = 4.0
-    triplet_margin: float = 0.2
+    # Supervised contrastive metric loss over object-center embeddings of every present modality
+    # (anchors, at most max_metric_samples), with background cells as extra negatives.
+    metric_temperature: float = 0.3
+    metric_background_cells: int = 32  # per frame and modality
+    metric_min_spread: float = 0.2  # total variance of object embeddings kept above this
     max_metric_samples: int = 256
+    # Temporal instance discrimination (same object at t and t+1 against every other one).
+    temporal_temperature: float = 0.2
 
     # Targets.
     max_objects: int = 256
@@ -146,6 +156,7 @@ class ModelConfig:
             "adapter_bottleneck": self.adapter_bottleneck,
             "max_objects": self.max_objects,
             "max_metric_samples": self.max_metric_samples,
+            "metric_background_cells": self.metric_background_cells,
             "gmm_components": self.gmm_components,
             "pre_nms_top_k": self.pre_nms_top_k,
             "max_detections": self.max_detections,
@@ -167,6 +178,14 @@ class ModelConfig:
         for f in fields(self):
             if f.name.startswith("weight_") and getattr(self, f.name) < 0:
                 raise ConfigError(f"{f.name} is {getattr(self, f.name)}; loss weights are >= 0")
+        for name in ("metric_temperature", "temporal_temperature"):
+            if not getattr(self, name) > 0.0:
+                raise ConfigError(f"{name} is {getattr(self, name)}; temperatures are > 0")
+        if not 0.0 <= self.metric_min_spread < 1.0:
+            raise ConfigError(
+                f"metric_min_spread {self.metric_min_spread} must be in [0, 1): it is a total "
+                "variance of unit vectors"
+            )
         if not 0.0 < self.gaussian_overlap < 1.0:
             raise ConfigError(f"gaussian_overlap {self.gaussian_overlap} must be in (0, 1)")
         if not 0.0 <= self.score_threshold < 1.0:
@@ -222,13 +241,13 @@ _LORA_MODALITIES: tuple[str, ...] = ("lidar", "radar", "camera", "imu", "gnss")
 def tiny_config(**overrides: Any) -> ModelConfig:
     """A small config for tests and smoke runs: 32 x 32 grid of 1.6 m, 2 cameras of 32 x 64 px."""
     base: dict[str, Any] = {
-        "point_cloud_range_m": (-25.6, -25.6, -5.0, 25.6, 25.6, 3.0),
+        "point_cloud_range_m": (-25.6, -25.6, -2.0, 25.6, 25.6, 6.0),
         "cell_m": 1.6,
         "max_lidar_points": 512,
         "max_radar_points": 64,
         "camera_names": ("CAM_FRONT", "CAM_BACK"),
         "image_size_hw": (32, 64),
-        "camera_lift_heights_m": (0.0, 1.0),
+        "camera_lift_heights_m": (0.5, 1.5),
         "lidar_point_channels": 8,
         "lidar_bev_channels": (8, 16, 16),
         "radar_point_channels": 8,

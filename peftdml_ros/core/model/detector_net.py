@@ -10,7 +10,8 @@
                         DetectionHead -> heatmap, boxes, attributes on [H_B, W_B]
 
 Frozen in PEFT mode (`freeze_backbones`): the five encoders except their LoRA factors and
-adapters. Trainable: LoRA, adapters, projection heads, fusion, head.
+adapters. Trainable: LoRA, adapters, projection heads, fusion, head, and the embedding heads
+(linear read-outs of the shared embedding that only the training losses use).
 
 A modality whose `modality_mask` bit is 0 has every one of its input tensors replaced by zeros
 (torch.where, so even NaN inputs are dropped) and its encoder output multiplied by 0, so its
@@ -36,7 +37,7 @@ from peftdml_ros.core.model.encoders import (
     lidar_encoder,
     radar_encoder,
 )
-from peftdml_ros.core.model.fusion import CrossModalFusion, ModalityProjections
+from peftdml_ros.core.model.fusion import CrossModalFusion, EmbeddingHeads, ModalityProjections
 from peftdml_ros.core.model.gmm import FeatureGmm
 from peftdml_ros.core.model.head import DetectionHead
 from peftdml_ros.core.model.lora import mark_trainable
@@ -56,6 +57,9 @@ class Embeddings:
     spatial: [B, 3, d, H_f, W_f] L2-normalized embeddings of lidar, radar, camera (0 if masked).
     ego: [B, 2, d] of imu, gnss. fused: [B, d, H_f, W_f]. pooled: [B, d] (mean of fused over
     cells, what the GMM models). mask: [B, 5] 0/1.
+    metric: [B, 3, d, H_f, W_f] the metric head's read-out of spatial (unit vectors, 0 if
+    masked); predicted: [B, 2, d, H_f, W_f] radar's and camera's prediction of the LiDAR
+    embedding (unit vectors, 0 if masked). See fusion.EmbeddingHeads.
     """
 
     spatial: torch.Tensor
@@ -63,6 +67,8 @@ class Embeddings:
     fused: torch.Tensor
     pooled: torch.Tensor
     mask: torch.Tensor
+    metric: torch.Tensor
+    predicted: torch.Tensor
 
 
 def _masked(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
@@ -84,7 +90,11 @@ class PeftDmlNet(nn.Module):
         self.gnss: EgoEncoder = gnss_encoder(config)
         self.projections = mark_trainable(ModalityProjections(config))
         self.fusion = mark_trainable(CrossModalFusion(config))
-        self.head = mark_trainable(DetectionHead(config))
+        self.head = DetectionHead(config)
+        mark_trainable(self.head)
+        # Used by the training losses only: never on the path of forward() (nor in an export).
+        self.embedding_heads = EmbeddingHeads(config)
+        mark_trainable(self.embedding_heads)
         self.gmm = FeatureGmm(config.gmm_components, config.embed_dim)
 
     def forward(
@@ -114,14 +124,34 @@ class PeftDmlNet(nn.Module):
             "gnss_features": gnss_features,
             "modality_mask": modality_mask,
         }
-        outputs, _ = self.forward_with_embeddings(inputs)
+        outputs, _ = self._forward(inputs)
         return outputs
 
     def forward_with_embeddings(
         self, inputs: Mapping[str, torch.Tensor]
     ) -> tuple[dict[str, torch.Tensor], Embeddings]:
         """Outputs (OUTPUT_NAMES order) and the intermediate embeddings of one batch."""
-        mask = (inputs["modality_mask"] > 0.5).to(torch.float32)  # [B, 5]
+        outputs, (spatial_z, ego_z, fused, pooled, mask) = self._forward(inputs)
+        metric, predicted = self.embedding_heads(spatial_z, mask)
+        embeddings = Embeddings(
+            spatial=spatial_z,
+            ego=ego_z,
+            fused=fused,
+            pooled=pooled,
+            mask=mask,
+            metric=metric,
+            predicted=predicted,
+        )
+        return outputs, embeddings
+
+    def _forward(
+        self, inputs: Mapping[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
+        """Outputs and (spatial_z, ego_z, fused, pooled, mask)."""
+        # Inputs are float32 (model_io); features take the dtype of the weights (float32, or
+        # float16 in a half-precision copy, which reads the same float32 inputs).
+        dtype = self.head.out.weight.dtype
+        mask = (inputs["modality_mask"] > 0.5).to(dtype)  # [B, 5]
         present = mask > 0.5
         lidar = self.lidar(
             _masked(inputs["lidar_points"], present[:, 0]),
@@ -148,10 +178,7 @@ class PeftDmlNet(nn.Module):
         pooled = fused.mean(dim=(2, 3))
         outputs["normality_score"] = self.gmm.nll(pooled)
         ordered = {name: outputs[name] for name in OUTPUT_NAMES}
-        embeddings = Embeddings(
-            spatial=spatial_z, ego=ego_z, fused=fused, pooled=pooled, mask=mask
-        )
-        return ordered, embeddings
+        return ordered, (spatial_z, ego_z, fused, pooled, mask)
 
 
 def build_model(config: ModelConfig | None = None) -> PeftDmlNet:

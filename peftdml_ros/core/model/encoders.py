@@ -12,6 +12,12 @@ over flattened cell indices (ScatterElements with add), no data-dependent Python
   camera_to_ego and the intrinsics and bilinearly sampled (grid_sample); samples behind the
   camera, outside the image or of an invalid camera are dropped; the rest are averaged.
 - IMU / GNSS: MLP of the fixed-size feature vector.
+
+Bounded magnitudes: every conv is followed by a GroupNorm (the necks' sums too) and every
+per-point / per-frame linear layer by a LayerNorm, before its ReLU. LoRA wraps the conv or linear
+layer only (the norm reads its output), so `merge_lora` stays exact. Without these the
+normalization of the shared embedding made every layer before it scale-free and training let
+the feature scale drift (1e6 after 1500 steps: non-finite in fp16).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from torch import nn
 
 from peftdml_ros.core.model.config import ModelConfig
 from peftdml_ros.core.model.lora import Adapter1d, Adapter2d, lora_conv, lora_linear
+from peftdml_ros.core.model.norm import group_norm
 
 # Fixed per-column scales bringing raw features to O(1) (rows of LIDAR/RADAR_POINT_FIELDS).
 _INTENSITY_SCALE = 1.0 / 255.0  # nuScenes intensity is 0..255
@@ -56,15 +63,24 @@ class PillarScatter(nn.Module):
             "feature_scale", torch.tensor(feature_scale, dtype=torch.float32), persistent=False
         )
         in_features = len(feature_scale) + 2
+        # LayerNorm is per point: padding rows (dropped below) cannot reach other points.
         self.point_mlp = nn.Sequential(
             lora_linear(in_features, channels, rank, config.lora_alpha),
+            nn.LayerNorm(channels),
             nn.ReLU(),
             lora_linear(channels, channels, rank, config.lora_alpha),
+            nn.LayerNorm(channels),
             nn.ReLU(),
         )
         self.channels = channels
 
     def forward(self, points: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """points [B, P, F], valid [B, P] (float32, as model_io) -> [B, C + 1, H_B, W_B] in the
+        dtype of the weights. Cells and offsets are computed in float32 whatever that dtype: in
+        fp16 a coordinate of 50 m moves by up to 3 cm, enough to put points near a cell border
+        into the neighbouring pillar."""
+        dtype = self.feature_scale.dtype
+        points = points.to(torch.float32)
         height, width = self.grid_hw
         x, y, z = points[..., 0], points[..., 1], points[..., 2]
         col_f = torch.floor((x - self.x0) / self.cell_m)
@@ -82,10 +98,10 @@ class PillarScatter(nn.Module):
         row_f = row_f.clamp(0, height - 1)
         dx_cells = (x - self.x0) / self.cell_m - (col_f + 0.5)
         dy_cells = (y - self.y0) / self.cell_m - (row_f + 0.5)
-        point_in = torch.cat(
-            [points * self.feature_scale, dx_cells.unsqueeze(-1), dy_cells.unsqueeze(-1)], dim=-1
-        )
-        weight = inside.to(points.dtype)  # [B, P]
+        scaled = points * self.feature_scale.to(torch.float32)
+        point_in = torch.cat([scaled, dx_cells.unsqueeze(-1), dy_cells.unsqueeze(-1)], dim=-1)
+        point_in = point_in.to(dtype)
+        weight = inside.to(dtype)  # [B, P]
         features = self.point_mlp(point_in)  # [B, P, C]
         # where, not multiply: padding rows must contribute 0 even if they hold inf/NaN.
         features = torch.where(inside.unsqueeze(-1), features, torch.zeros_like(features))
@@ -102,11 +118,19 @@ class PillarScatter(nn.Module):
         return pillars.reshape(batch, self.channels + 1, height, width)
 
 
+def _conv_block(
+    in_ch: int, out_ch: int, rank: int, alpha: float, kernel_size: int = 3, stride: int = 1
+) -> list[nn.Module]:
+    """LoRA-wrapped conv -> GroupNorm -> ReLU."""
+    conv = lora_conv(in_ch, out_ch, rank, alpha, kernel_size=kernel_size, stride=stride)
+    return [conv, group_norm(out_ch), nn.ReLU()]
+
+
 def _stage(in_ch: int, out_ch: int, blocks: int, rank: int, alpha: float) -> nn.Sequential:
-    """A stride-2 conv then `blocks - 1` stride-1 convs, each 3 x 3 + ReLU, LoRA-wrapped."""
-    layers: list[nn.Module] = [lora_conv(in_ch, out_ch, rank, alpha, stride=2), nn.ReLU()]
+    """A stride-2 block then `blocks - 1` stride-1 blocks (3 x 3 conv, GroupNorm, ReLU)."""
+    layers = _conv_block(in_ch, out_ch, rank, alpha, stride=2)
     for _ in range(blocks - 1):
-        layers += [lora_conv(out_ch, out_ch, rank, alpha), nn.ReLU()]
+        layers += _conv_block(out_ch, out_ch, rank, alpha)
     return nn.Sequential(*layers)
 
 
@@ -133,6 +157,7 @@ class BevBackbone(nn.Module):
         self.lateral = nn.ModuleList(
             lora_conv(c, out_channels, rank, alpha, kernel_size=1) for c in (c1, c2, c3)
         )
+        self.neck_norm = group_norm(out_channels)
         self.out_adapter = Adapter2d(out_channels, config.adapter_bottleneck)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,7 +167,7 @@ class BevBackbone(nn.Module):
         out = self.lateral[0](f1)
         out = out + F.interpolate(self.lateral[1](f2), scale_factor=2.0, mode="nearest")
         out = out + F.interpolate(self.lateral[2](f3), scale_factor=4.0, mode="nearest")
-        result: torch.Tensor = self.out_adapter(torch.relu(out))
+        result: torch.Tensor = self.out_adapter(torch.relu(self.neck_norm(out)))
         return result
 
 
@@ -204,10 +229,7 @@ class ImageBackbone(nn.Module):
         rank, alpha = config.lora_rank("camera"), config.lora_alpha
         c0, c1, c2, c3, c4 = config.camera_channels
         self.stem = nn.Sequential(
-            lora_conv(3, c0, rank, alpha, stride=2),
-            nn.ReLU(),
-            lora_conv(c0, c1, rank, alpha, stride=2),
-            nn.ReLU(),
+            *_conv_block(3, c0, rank, alpha, stride=2), *_conv_block(c0, c1, rank, alpha, stride=2)
         )
         self.stage8 = _stage(c1, c2, 2, rank, alpha)
         self.stage16 = _stage(c2, c3, 2, rank, alpha)
@@ -215,6 +237,7 @@ class ImageBackbone(nn.Module):
         self.lateral = nn.ModuleList(
             lora_conv(c, out_channels, rank, alpha, kernel_size=1) for c in (c2, c3, c4)
         )
+        self.neck_norm = group_norm(out_channels)
         self.adapter = Adapter2d(out_channels, config.adapter_bottleneck)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -224,7 +247,7 @@ class ImageBackbone(nn.Module):
         out = self.lateral[0](f8)
         out = out + F.interpolate(self.lateral[1](f16), scale_factor=2.0, mode="nearest")
         out = out + F.interpolate(self.lateral[2](f32), scale_factor=4.0, mode="nearest")
-        result: torch.Tensor = self.adapter(torch.relu(out))
+        result: torch.Tensor = self.adapter(torch.relu(self.neck_norm(out)))
         return result
 
 
@@ -241,7 +264,7 @@ class CameraEncoder(nn.Module):
         self.image_size_hw = config.image_size_hw
         self.image_backbone = ImageBackbone(config, lift)
         rank, alpha = config.lora_rank("camera"), config.lora_alpha
-        self.bev_conv = nn.Sequential(lora_conv(lift, channels, rank, alpha), nn.ReLU())
+        self.bev_conv = nn.Sequential(*_conv_block(lift, channels, rank, alpha))
         self.bev_adapter = Adapter2d(channels, config.adapter_bottleneck)
         self.register_buffer("bev_points", _bev_points(config), persistent=False)
         self.fusion_hw = config.fusion_hw
@@ -256,8 +279,10 @@ class CameraEncoder(nn.Module):
     ) -> torch.Tensor:
         batch, cams = images.shape[0], images.shape[1]
         height, width = self.image_size_hw
-        feats = self.image_backbone(images.reshape(batch * cams, 3, height, width))
+        dtype = self.bev_points.dtype  # the weights' dtype
+        feats = self.image_backbone(images.reshape(batch * cams, 3, height, width).to(dtype))
         grid, sample_valid = self._project(intrinsics, camera_to_ego, camera_valid)
+        grid, sample_valid = grid.to(dtype), sample_valid.to(dtype)
         h_f, w_f = self.fusion_hw
         sampled = F.grid_sample(
             feats,
@@ -283,10 +308,13 @@ class CameraEncoder(nn.Module):
 
         camera_to_ego is a rigid transform, so its inverse is [R^T, -R^T t] (no matrix inverse
         in the graph); a point p in the ego frame is (p - t) R in the camera frame (row vectors).
+        Computed in float32 (pixel coordinates of a few hundred px lose 0.1-0.25 px in fp16).
         """
+        intrinsics = intrinsics.to(torch.float32)
+        camera_to_ego = camera_to_ego.to(torch.float32)
         rotation = camera_to_ego[:, :, :3, :3]  # [B, N, 3, 3]
         translation = camera_to_ego[:, :, :3, 3]  # [B, N, 3]
-        points = self.bev_points.reshape(1, 1, -1, 3)  # [1, 1, Q, 3]
+        points = self.bev_points.to(torch.float32).reshape(1, 1, -1, 3)  # [1, 1, Q, 3]
         in_camera = torch.matmul(points - translation.unsqueeze(2), rotation)  # [B, N, Q, 3]
         pixels = torch.matmul(in_camera, intrinsics.transpose(2, 3))  # [B, N, Q, 3]
         depth = in_camera[..., 2]
@@ -301,7 +329,7 @@ class CameraEncoder(nn.Module):
             & (u < width - 0.5)
             & (v >= -0.5)
             & (v < height - 0.5)
-            & (camera_valid.unsqueeze(-1) > 0.5)
+            & (camera_valid.to(torch.float32).unsqueeze(-1) > 0.5)
         )
         grid = torch.stack([(u + 0.5) / width * 2.0 - 1.0, (v + 0.5) / height * 2.0 - 1.0], -1)
         # Far outside [-1, 1]: every bilinear tap is padding, so the sample is exactly 0.
@@ -334,14 +362,17 @@ class EgoEncoder(nn.Module):
         )
         self.mlp = nn.Sequential(
             lora_linear(len(feature_scale), hidden, rank, alpha),
+            nn.LayerNorm(hidden),
             nn.ReLU(),
             lora_linear(hidden, hidden, rank, alpha),
+            nn.LayerNorm(hidden),
             nn.ReLU(),
         )
         self.adapter = Adapter1d(hidden, config.adapter_bottleneck)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        result: torch.Tensor = self.adapter(self.mlp(features * self.feature_scale))
+        scaled = features.to(torch.float32) * self.feature_scale.to(torch.float32)
+        result: torch.Tensor = self.adapter(self.mlp(scaled.to(self.feature_scale.dtype)))
         return result
 
 

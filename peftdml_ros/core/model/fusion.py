@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftdml_ros.core.model.config import ModelConfig
+from peftdml_ros.core.model.norm import stable_normalize
 from peftdml_ros.core.model_io import NUM_MODALITIES
 
 NUM_SPATIAL = 3  # lidar, radar, camera: BEV maps; imu and gnss: one vector per frame
 _MASKED_SCORE = -1e4
-_NORM_EPS = 1e-6
 
 
 class ModalityProjections(nn.Module):
@@ -44,14 +44,50 @@ class ModalityProjections(nn.Module):
         self, spatial: list[torch.Tensor], ego: list[torch.Tensor], mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         spatial_z = [
-            F.normalize(proj(x), dim=1, eps=_NORM_EPS) * mask[:, m, None, None, None]
+            stable_normalize(proj(x), dim=1) * mask[:, m, None, None, None]
             for m, (proj, x) in enumerate(zip(self.spatial, spatial, strict=True))
         ]
         ego_z = [
-            F.normalize(proj(x), dim=1, eps=_NORM_EPS) * mask[:, NUM_SPATIAL + k, None]
+            stable_normalize(proj(x), dim=1) * mask[:, NUM_SPATIAL + k, None]
             for k, (proj, x) in enumerate(zip(self.ego, ego, strict=True))
         ]
         return torch.stack(spatial_z, dim=1), torch.stack(ego_z, dim=1)
+
+
+class EmbeddingHeads(nn.Module):
+    """Linear read-outs of the shared embedding that only the training losses use.
+
+    - metric: one 1 x 1 conv shared by the spatial modalities, then L2 normalization: the space
+      of the class-contrastive metric loss (SupCon's projection head). The loss makes classes
+      linearly separable in z without asking z itself to forget what tells two cars apart
+      (size, heading, speed), which the box regression needs;
+    - predict: one 1 x 1 conv per student modality (radar, camera), then L2 normalization: the
+      prediction of LiDAR's embedding that cross-modal distillation compares with the (detached)
+      LiDAR embedding (BYOL's predictor): the student must carry LiDAR's information, but keeps
+      its own features (pulling z_camera itself onto z_lidar slowed detection in training).
+
+    spatial_z [B, 3, d, H_f, W_f], mask [B, 5] -> metric [B, 3, d, H_f, W_f] (lidar, radar,
+    camera) and predicted [B, 2, d, H_f, W_f] (radar, camera); 0 for masked modalities.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        d = config.embed_dim
+        self.metric = nn.Conv2d(d, d, kernel_size=1)
+        self.predict = nn.ModuleList(nn.Conv2d(d, d, kernel_size=1) for _ in range(2))
+
+    def forward(
+        self, spatial_z: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, spatial, d, h_f, w_f = spatial_z.shape
+        flat = spatial_z.reshape(batch * spatial, d, h_f, w_f)
+        metric = stable_normalize(self.metric(flat), dim=1).reshape(spatial_z.shape)
+        metric = metric * mask[:, :spatial].reshape(batch, spatial, 1, 1, 1)
+        predicted = [
+            stable_normalize(head(spatial_z[:, m]), dim=1) * mask[:, m, None, None, None]
+            for m, head in zip((1, 2), self.predict, strict=True)
+        ]
+        return metric, torch.stack(predicted, dim=1)
 
 
 class CrossModalFusion(nn.Module):

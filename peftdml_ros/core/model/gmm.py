@@ -45,16 +45,20 @@ class FeatureGmm(nn.Module):
         return bool(self.fitted.item() > 0.5)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log p(x) [N] of features x [N, d]."""
-        diff = x.unsqueeze(1) - self.means.unsqueeze(0)  # [N, K, d]
-        inv_var = torch.exp(-self.log_vars)
-        log_norm = -0.5 * (self.log_vars.sum(dim=1) + self.dim * math.log(2.0 * math.pi))
+        """log p(x) [N] of features x [N, d], computed in float32 whatever the dtype of x (the
+        log-density of a far-off frame easily exceeds fp16's range)."""
+        x = x.to(torch.float32)
+        means, log_vars = self.means.to(torch.float32), self.log_vars.to(torch.float32)
+        diff = x.unsqueeze(1) - means.unsqueeze(0)  # [N, K, d]
+        inv_var = torch.exp(-log_vars)
+        log_norm = -0.5 * (log_vars.sum(dim=1) + self.dim * math.log(2.0 * math.pi))
         log_comp = log_norm.unsqueeze(0) - 0.5 * (diff * diff * inv_var.unsqueeze(0)).sum(dim=2)
-        return torch.logsumexp(log_comp + self.log_weights.unsqueeze(0), dim=1)
+        log_weights = self.log_weights.to(torch.float32)
+        return torch.logsumexp(log_comp + log_weights.unsqueeze(0), dim=1)
 
     def nll(self, x: torch.Tensor) -> torch.Tensor:
-        """-log p(x) [N], or zeros [N] while the GMM is not fitted."""
-        return -self.log_prob(x) * self.fitted
+        """-log p(x) [N] (float32), or zeros [N] while the GMM is not fitted."""
+        return -self.log_prob(x) * self.fitted.to(torch.float32)
 
     @torch.no_grad()
     def fit(

@@ -74,17 +74,19 @@ def random_boxes(rng: np.random.Generator, count: int, half_range_m: float) -> D
         [
             -half_range_m + (slots % 6 + 0.5) * step + rng.uniform(-0.2, 0.2, count) * step,
             -half_range_m + (slots // 6 + 0.5) * step + rng.uniform(-0.2, 0.2, count) * step,
-            rng.uniform(-1.0, 0.0, count),
+            np.zeros(count),  # z: set below, the box standing on the road (ego frame)
         ],
         axis=1,
     ).astype(np.float32)
+    sizes = np.array([s for _, s in kinds], np.float32)
+    centers[:, 2] = sizes[:, 2] / 2.0 + rng.uniform(-0.2, 0.2, count)
     labels = np.array([k for k, _ in kinds], np.int64)
     attributes = tuple(
         (ATTRIBUTES_BY_CLASS[NUSCENES_CLASSES[k]] or ("",))[0] for k in labels.tolist()
     )
     return Detections(
         center_m=centers,
-        size_wlh_m=np.array([s for _, s in kinds], np.float32),
+        size_wlh_m=sizes,
         yaw_rad=rng.uniform(-math.pi, math.pi, count).astype(np.float32),
         velocity_mps=rng.uniform(-3, 3, (count, 2)).astype(np.float32),
         score=np.ones(count, np.float32),

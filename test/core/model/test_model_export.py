@@ -78,7 +78,7 @@ def test_onnxruntime_matches_pytorch_on_random_inputs(exported) -> None:  # type
 def _frame(config, rng: np.random.Generator) -> Frame:  # type: ignore[no-untyped-def]
     """A generated frame: LiDAR points on boxes and ground, radar, two camera images, IMU, GNSS."""
     boxes = random_boxes(rng, 5, 20.0)
-    pts = [rng.uniform([-25, -25, -1.8, 0, 0], [25, 25, -1.6, 255, 0.4], (400, 5))]
+    pts = [rng.uniform([-25, -25, -0.1, 0, 0], [25, 25, 0.1, 255, 0.4], (400, 5))]  # road
     for c in boxes.center_m:
         pts.append(
             np.concatenate([c + rng.normal(0, 0.5, (60, 3)), rng.uniform(0, 255, (60, 2))], 1)

@@ -60,7 +60,7 @@ def test_embeddings_are_normalized_per_cell() -> None:
 
 
 def _is_peft_trainable(name: str, module: torch.nn.Module) -> bool:
-    return name.split(".")[0] in ("projections", "fusion", "head")
+    return name.split(".")[0] in ("projections", "fusion", "head", "embedding_heads")
 
 
 def test_freeze_backbones_leaves_only_peft_parts_trainable() -> None:

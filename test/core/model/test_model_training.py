@@ -37,7 +37,7 @@ def test_twenty_peft_steps_lower_det_metric_and_consistency() -> None:
     torch.manual_seed(0)
     # A 16 x 16 grid keeps 20 steps fast on a busy 2-core machine.
     config = small_config(
-        point_cloud_range_m=(-12.8, -12.8, -5.0, 12.8, 12.8, 3.0), max_lidar_points=256
+        point_cloud_range_m=(-12.8, -12.8, -2.0, 12.8, 12.8, 6.0), max_lidar_points=256
     )
     model = build_model(config)
     freeze_backbones(model)
@@ -74,3 +74,4 @@ def test_twenty_peft_steps_lower_det_metric_and_consistency() -> None:
     for term in (*terms, "consistency"):
         assert last[term] < first[term], (term, first[term], last[term])
     assert first["metric"] > 0 and first["cross_modal"] > 0 and first["temporal"] > 0
+    assert last["metric_spread"] == 0.0  # the anti-collapse guard is idle in a healthy run
