@@ -26,14 +26,19 @@ Rules (each is what the exported graph expects; docs/pipeline.md repeats them fo
   points in range is therefore masked absent: the gating then treats it as the dead sensor it
   behaves like, and attention never sees an all-padding token set. A modality masked absent has
   all its tensors zeroed, so "mask 0" always means "no data" to the graph.
+
+`remove_sensors` / `remove_modalities` derive, from computed inputs, the inputs of the same
+frame without some cameras, radars or modalities (sensor dropout in training, sensor-removal
+evaluation); `radar_sensor_index` says which radar each packed radar row came from.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -45,6 +50,7 @@ from peftdml_ros.core.types import (
     LIDAR_POINT_FIELDS,
     MODALITIES,
     NUSCENES_CAMERAS,
+    NUSCENES_RADARS,
     RADAR_POINT_FIELDS,
     CameraImage,
     FloatArray,
@@ -140,6 +146,18 @@ def pack_points(
     maximum: int,
 ) -> tuple[FloatArray, FloatArray]:
     """Concatenate, crop, subsample and pad clouds: ([maximum, F] points, [maximum] valid)."""
+    out, valid, _ = pack_points_with_sources(clouds, fields, range_m, maximum)
+    return out, valid
+
+
+def pack_points_with_sources(
+    clouds: Sequence[PointCloud],
+    fields: tuple[str, ...],
+    range_m: tuple[float, float, float, float, float, float],
+    maximum: int,
+) -> tuple[FloatArray, FloatArray, npt.NDArray[np.int64]]:
+    """`pack_points` plus, per packed row, the position in `clouds` of the cloud it came from
+    ([maximum] int64, -1 on padding rows): which sensor each point belongs to."""
     for cloud in clouds:
         if (
             cloud.fields != fields
@@ -153,18 +171,30 @@ def pack_points(
             )
     out = np.zeros((maximum, len(fields)), np.float32)
     valid = np.zeros((maximum,), np.float32)
+    sources = np.full((maximum,), -1, np.int64)
     if not clouds:
-        return out, valid
+        return out, valid, sources
     points = np.concatenate([c.points for c in clouds], axis=0)
+    keep = in_range_mask(points, range_m)
+    chosen = np.flatnonzero(keep)
+    chosen = chosen[subsample_indices(chosen.shape[0], maximum)]
+    count = chosen.shape[0]
+    out[:count] = points[chosen]
+    valid[:count] = 1.0
+    counts = np.array([c.points.shape[0] for c in clouds], np.int64)
+    sources[:count] = np.searchsorted(np.cumsum(counts), chosen, side="right")
+    return out, valid, sources
+
+
+def in_range_mask(
+    points: npt.NDArray[np.floating[Any]],
+    range_m: tuple[float, float, float, float, float, float],
+) -> npt.NDArray[np.bool_]:
+    """[N] True where x, y, z (columns 0..2) lie in the half-open range (NaN rows: False)."""
     x0, y0, z0, x1, y1, z1 = range_m
     x, y, z = points[:, 0], points[:, 1], points[:, 2]
     # NaN coordinates fail every comparison, so malformed points are cropped away here too.
-    keep = (x >= x0) & (x < x1) & (y >= y0) & (y < y1) & (z >= z0) & (z < z1)
-    kept = points[keep]
-    chosen = kept[subsample_indices(kept.shape[0], maximum)]
-    out[: chosen.shape[0]] = chosen
-    valid[: chosen.shape[0]] = 1.0
-    return out, valid
+    return (x >= x0) & (x < x1) & (y >= y0) & (y < y1) & (z >= z0) & (z < z1)  # type: ignore[no-any-return]
 
 
 def scale_intrinsics(k: FloatArray, scale_x: float, scale_y: float) -> FloatArray:
@@ -251,7 +281,7 @@ class Preprocessor:
             "gnss_features": gnss,
             "modality_mask": mask,
         }
-        _zero_absent(inputs, mask)
+        zero_absent(inputs, mask)
         return {name: inputs[name][None] for name in model_io.INPUT_NAMES}
 
     def _cameras(
@@ -296,8 +326,9 @@ class Preprocessor:
             )
 
 
-def _zero_absent(inputs: Inputs, mask: FloatArray) -> None:
-    """Zero every tensor of a modality masked absent (identity calibration for cameras)."""
+def zero_absent(inputs: Inputs, mask: FloatArray) -> None:
+    """Zero every tensor of a modality masked absent (identity calibration for cameras), in
+    place; one frame: `inputs` and the [M] `mask` without the batch dimension."""
     groups = {
         Modality.LIDAR: ("lidar_points", "lidar_valid"),
         Modality.RADAR: ("radar_points", "radar_valid"),
@@ -377,3 +408,187 @@ def check_inputs(inputs: Inputs, config: PreprocessConfig) -> None:
             raise InputDataError(
                 f"input {name} is {array.dtype} {array.shape}; the engine needs float32 {shape}"
             )
+
+
+# ------------------------------------------------------------------- sensor and modality removal
+#
+# Evaluation ("each single camera and radar removed") and training (per-sensor dropout) both need
+# the inputs of a frame without some of its sensors. Re-running the Preprocessor on a reduced
+# Frame gives them, but costs the JPEG decodes again; the functions below derive them from
+# inputs already computed, exactly (see remove_sensors for the one exception).
+
+
+def radar_sensor_index(
+    frame: Frame, config: PreprocessConfig, radar_names: Sequence[str] = NUSCENES_RADARS
+) -> npt.NDArray[np.int8]:
+    """[1, max_radar_points] int8: for each packed radar row of Preprocessor(config)(frame), the
+    index in `radar_names` of the radar it came from; -1 on padding rows (and everywhere when
+    the frame's radar modality is flagged absent, as the Preprocessor then zeroes the points)."""
+    if len(radar_names) > np.iinfo(np.int8).max:
+        raise ConfigError(f"{len(radar_names)} radar names do not fit an int8 sensor index")
+    out = np.full((1, config.max_radar_points), -1, np.int8)
+    if not frame.modality_mask()[MODALITIES.index(Modality.RADAR)]:
+        return out
+    slots = {name: k for k, name in enumerate(radar_names)}
+    unknown = sorted({c.sensor for c in frame.radar if c.sensor not in slots})
+    if unknown:
+        raise InputDataError(
+            f"radar(s) {unknown} are not in radar_names {list(radar_names)}; pass the rig's "
+            "radar names"
+        )
+    _, _, sources = pack_points_with_sources(
+        frame.radar, RADAR_POINT_FIELDS, config.point_cloud_range_m, config.max_radar_points
+    )
+    by_cloud = np.array([slots[c.sensor] for c in frame.radar], np.int8)
+    rows = sources >= 0
+    out[0, rows] = by_cloud[sources[rows]]
+    return out
+
+
+def remove_sensors(
+    inputs: Inputs,
+    config: PreprocessConfig,
+    *,
+    cameras: Collection[str] = (),
+    radars: Collection[str] = (),
+    radar_index: npt.NDArray[np.integer[Any]] | None = None,
+    radar_names: Sequence[str] = NUSCENES_RADARS,
+) -> Inputs:
+    """The inputs ([B, ...]) of the same frames without the named cameras and radars.
+
+    A removed camera's slot becomes what the Preprocessor gives an absent camera (zero image,
+    identity K and camera_to_ego, camera_valid 0). A removed radar's packed points go and the
+    remaining rows move up in their order, zero padding after them; `radar_index` ([B, P_R],
+    see radar_sensor_index) says which radar each row came from and is required when `radars`
+    is not empty. A modality left without a sensor with content is masked absent and zeroed.
+    The result equals the Preprocessor's inputs for the frame without those sensors, except
+    when the frame had more radar points in range than max_radar_points: the Preprocessor would
+    then subsample the remaining radars' points afresh, here the subsample is kept as it was.
+    The arguments are not modified (read-only arrays are fine); arrays that do not change are
+    shared with them.
+    """
+    unknown_cams = sorted(set(cameras) - set(config.camera_names))
+    unknown_radars = sorted(set(radars) - set(radar_names))
+    if unknown_cams or unknown_radars:
+        raise ConfigError(
+            f"cannot remove unknown sensors {unknown_cams + unknown_radars}; cameras are "
+            f"{list(config.camera_names)}, radars {list(radar_names)}"
+        )
+    out = dict(inputs)
+    if cameras:
+        _own(out, inputs, _MODALITY_INPUTS[Modality.CAMERA])
+        slots = [config.camera_names.index(name) for name in cameras]
+        out["camera_images"][:, slots] = 0.0
+        out["camera_intrinsics"][:, slots] = np.eye(3, dtype=np.float32)
+        out["camera_to_ego"][:, slots] = np.eye(4, dtype=np.float32)
+        out["camera_valid"][:, slots] = 0.0
+    if radars:
+        if radar_index is None or radar_index.shape != inputs["radar_valid"].shape:
+            raise ConfigError(
+                "removing radars needs radar_index shaped like radar_valid "
+                f"{inputs['radar_valid'].shape} (radar_sensor_index of each frame)"
+            )
+        _own(out, inputs, _MODALITY_INPUTS[Modality.RADAR])
+        removed = [radar_names.index(name) for name in radars]
+        for b in range(radar_index.shape[0]):
+            keep = (inputs["radar_valid"][b] > 0) & ~np.isin(radar_index[b], removed)
+            out["radar_points"][b], out["radar_valid"][b] = _compact(
+                inputs["radar_points"][b], keep
+            )
+    mask = np.array(inputs["modality_mask"], np.float32, copy=True)
+    mask[:, MODALITIES.index(Modality.RADAR)] *= out["radar_valid"][:, 0] > 0
+    mask[:, MODALITIES.index(Modality.CAMERA)] *= out["camera_valid"].any(axis=1)
+    return _apply_mask(out, inputs, mask)
+
+
+def kept_radar_index(
+    radar_index: npt.NDArray[np.integer[Any]],
+    radar_valid: FloatArray,
+    radars: Collection[str],
+    radar_names: Sequence[str] = NUSCENES_RADARS,
+) -> npt.NDArray[np.int8]:
+    """The radar_index ([B, P_R]) that goes with remove_sensors' output: the same removal and
+    the same moving up of rows; `radar_valid` is the one before the removal."""
+    removed = [radar_names.index(name) for name in radars]
+    out = np.full(radar_index.shape, -1, np.int8)
+    for b in range(radar_index.shape[0]):
+        kept = radar_index[b][(radar_valid[b] > 0) & ~np.isin(radar_index[b], removed)]
+        out[b, : kept.shape[0]] = kept
+    return out
+
+
+def remove_modalities(inputs: Inputs, modalities: Collection[Modality]) -> Inputs:
+    """The inputs ([B, ...]) with `modalities` masked absent and their tensors zeroed, as the
+    Preprocessor gives a frame without them. The arguments are not modified; arrays that do not
+    change are shared with them."""
+    mask = np.array(inputs["modality_mask"], np.float32, copy=True)
+    for modality in modalities:
+        mask[:, MODALITIES.index(modality)] = 0.0
+    return _apply_mask(dict(inputs), inputs, mask)
+
+
+# The inputs of each modality: what masking it absent zeroes (cameras: identity calibration).
+_MODALITY_INPUTS: dict[Modality, tuple[str, ...]] = {
+    Modality.LIDAR: ("lidar_points", "lidar_valid"),
+    Modality.RADAR: ("radar_points", "radar_valid"),
+    Modality.CAMERA: ("camera_images", "camera_intrinsics", "camera_to_ego", "camera_valid"),
+    Modality.IMU: ("imu_features",),
+    Modality.GNSS: ("gnss_features",),
+}
+
+
+def _own(out: Inputs, inputs: Inputs, names: Sequence[str]) -> None:
+    """Give `out` its own writable copies of `names` where it still shares them with `inputs`."""
+    for name in names:
+        if out[name] is inputs[name]:
+            out[name] = np.array(inputs[name], np.float32, copy=True)
+
+
+def _apply_mask(out: Inputs, inputs: Inputs, mask: FloatArray) -> Inputs:
+    """`out` with modality_mask = mask ([B, M]) and every modality that mask turns off (present
+    in inputs' mask) zeroed as zero_absent does; copies only the arrays that change."""
+    turned_off = (inputs["modality_mask"] > 0) & (mask == 0)
+    out["modality_mask"] = mask
+    for b, m in zip(*np.nonzero(turned_off), strict=True):
+        names = _MODALITY_INPUTS[MODALITIES[m]]
+        _own(out, inputs, names)
+        only_m = np.ones((len(MODALITIES),), np.float32)
+        only_m[m] = 0.0
+        zero_absent({name: out[name][b] for name in names}, only_m)
+    return out
+
+
+def _compact(rows: FloatArray, keep: npt.NDArray[np.bool_]) -> tuple[FloatArray, FloatArray]:
+    """([P, F] the kept rows first, in order, then zeros; [P] valid) for a [P] keep mask."""
+    points = np.zeros_like(rows)
+    valid = np.zeros((rows.shape[0],), np.float32)
+    count = int(keep.sum())
+    points[:count] = rows[keep]
+    valid[:count] = 1.0
+    return points, valid
+
+
+# ---------------------------------------------------------------------- compact camera storage
+
+
+def encode_camera_images(
+    images: FloatArray, camera_valid: FloatArray
+) -> npt.NDArray[np.uint8] | None:
+    """The uint8 pixels ([..., N, 3, H, W]) that decode_camera_images turns back into exactly
+    `images` (normalized camera_images), or None when no such pixels exist (not Preprocessor
+    output). A quarter of the float32 size: what an on-disk cache stores."""
+    shape = (3, 1, 1)
+    pixels = np.rint((images - _SHIFT.reshape(shape)) / _SCALE.reshape(shape))
+    encoded = np.clip(pixels, 0, 255).astype(np.uint8)
+    if not np.array_equal(decode_camera_images(encoded, camera_valid), images):
+        return None
+    return encoded  # type: ignore[no-any-return]
+
+
+def decode_camera_images(pixels: npt.NDArray[np.uint8], camera_valid: FloatArray) -> FloatArray:
+    """Normalized camera_images from uint8 pixels [..., N, 3, H, W], zero where the camera is
+    not valid: the Preprocessor's own arithmetic, so the result is bit-identical to it."""
+    shape = (3, 1, 1)
+    images = pixels.astype(np.float32) * _SCALE.reshape(shape) + _SHIFT.reshape(shape)
+    images[camera_valid == 0] = 0.0
+    return images  # type: ignore[no-any-return]

@@ -6,6 +6,10 @@ torch tensors and builds the CenterPoint targets of the batch with the model's `
 Instance tokens become stable int64 track ids (a hash), so the temporal consistency loss can
 match an object across keyframes; `KeyframePairDataset` yields keyframes t and t+1 of a scene
 together, and `collate_pairs` makes one batch of each.
+
+`KeyframeDataset` preprocesses every read (JPEG decodes included); for training read the
+on-disk cache instead (`peftdml_ros.data.cache.build_or_load_cache`), whose `CachedKeyframes`
+gives the same items; `peftdml_ros.data.augment` adds augmentation and per-sensor dropout.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -22,9 +27,15 @@ from torch.utils.data import Dataset
 from peftdml_ros.core.errors import ConfigError
 from peftdml_ros.core.model.config import ModelConfig
 from peftdml_ros.core.model.targets import BevTargets, build_targets
-from peftdml_ros.core.preprocess import Inputs, PreprocessConfig, Preprocessor, collate
+from peftdml_ros.core.preprocess import (
+    Inputs,
+    PreprocessConfig,
+    Preprocessor,
+    collate,
+    radar_sensor_index,
+)
 from peftdml_ros.core.types import Detections
-from peftdml_ros.data.nuscenes_reader import NuScenesReader
+from peftdml_ros.data.nuscenes_reader import KeyframeRecord, NuScenesReader
 
 
 def instance_id(token: str) -> int:
@@ -34,13 +45,32 @@ def instance_id(token: str) -> int:
 
 @dataclass(frozen=True)
 class TrainingItem:
-    """One keyframe: inputs ([1, ...] float32 per model_io name) and its ground truth."""
+    """One keyframe: inputs ([1, ...] float32 per model_io name) and its ground truth.
+
+    radar_sensor_index: [1, P_R] int8, per packed radar row the index of its radar in the rig's
+    radar names (core.types.NUSCENES_RADARS), -1 on padding: what single-radar removal needs.
+    ego_to_global: [4, 4] float64 pose of the keyframe's ego frame (for submissions).
+    """
 
     inputs: Inputs
     ground_truth: Detections
     instance_ids: npt.NDArray[np.int64]
     scene_name: str
     sample_token: str
+    radar_sensor_index: npt.NDArray[np.int8] | None = None
+    ego_to_global: npt.NDArray[np.float64] | None = None
+
+
+class KeyframeSource(Protocol):
+    """Keyframes in scene order: KeyframeDataset, CachedKeyframes, AugmentedKeyframes."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> TrainingItem: ...
+
+    def scene_names(self) -> list[str]:
+        """The scene name of every index (without reading the items)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -97,14 +127,20 @@ class KeyframeDataset(Dataset[TrainingItem]):
         return item
 
     def _read(self, index: int) -> TrainingItem:
-        record = self.reader[index]
-        return TrainingItem(
-            inputs=self.preprocessor(record.frame),
-            ground_truth=record.ground_truth,
-            instance_ids=np.array([instance_id(t) for t in record.gt_instance_tokens], np.int64),
-            scene_name=record.scene_name,
-            sample_token=record.sample_token,
-        )
+        return keyframe_item(self.reader[index], self.preprocessor)
+
+
+def keyframe_item(record: KeyframeRecord, preprocessor: Preprocessor) -> TrainingItem:
+    """The TrainingItem of one reader record."""
+    return TrainingItem(
+        inputs=preprocessor(record.frame),
+        ground_truth=record.ground_truth,
+        instance_ids=np.array([instance_id(t) for t in record.gt_instance_tokens], np.int64),
+        scene_name=record.scene_name,
+        sample_token=record.sample_token,
+        radar_sensor_index=radar_sensor_index(record.frame, preprocessor.config),
+        ego_to_global=np.asarray(record.ego_to_global, np.float64),
+    )
 
 
 def consecutive_pairs(scene_names: Sequence[str]) -> list[tuple[int, int]]:
@@ -117,7 +153,7 @@ def consecutive_pairs(scene_names: Sequence[str]) -> list[tuple[int, int]]:
 class KeyframePairDataset(Dataset[tuple[TrainingItem, TrainingItem]]):
     """Pairs of consecutive keyframes (t, t+1) of one scene, for the temporal consistency loss."""
 
-    def __init__(self, keyframes: KeyframeDataset) -> None:
+    def __init__(self, keyframes: KeyframeSource) -> None:
         self.keyframes = keyframes
         self.pairs = consecutive_pairs(keyframes.scene_names())
         if not self.pairs:

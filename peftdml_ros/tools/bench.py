@@ -7,10 +7,15 @@ Targets:
   sync  the frame synchronizer's cost per message (add + a 100 Hz poll timer) on simulated
         sensor streams at nuScenes rates: 3 inputs (LiDAR, radar, camera), the full nuScenes rig
         (1 LiDAR, 5 radars, 6 cameras, IMU, GNSS), the rig with a dead camera, and the rig with a
-        dead LiDAR (camera fallback); frames/s out against the reference rate.
+        dead LiDAR (camera fallback); frames/s out against the reference rate, the share of
+        frames that hold every live sensor, cameras and radars per frame. message_filters'
+        ApproximateTimeSynchronizer is timed on the same 3-input streams where it imports (a ROS
+        install); elsewhere its figures are reported as not available.
   model CPU forward time of the default model (PyTorch unmerged/merged, ONNX Runtime).
   dds   large point clouds between two processes over DDS: delivered out of sent with Fast DDS's
         default transports and with config/fastdds_profile.xml (needs rclpy).
+  cache the on-disk keyframe cache: build time and size per keyframe, a keyframe and a batch of
+        pairs read uncached and cached (tools/bench_cache.py).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -34,10 +40,7 @@ from peftdml_ros.core.types import MODALITIES, NUSCENES_CAMERAS, NUSCENES_RADARS
 from peftdml_ros.ros import dds_bench  # imports rclpy only when the dds target runs
 
 NS_PER_S = 1_000_000_000
-# CPU time per message of message_filters' Python ApproximateTimeSynchronizer for these three
-# inputs, measured once on the development machine (docs/sync.md: method and other rigs). It is
-# not a dependency, so this benchmark cannot rerun it; compare on the same machine only.
-MESSAGE_FILTERS_US_PER_MESSAGE = 35.0
+MESSAGE_FILTERS_QUEUE_SIZE = 10
 
 
 @dataclass(frozen=True)
@@ -186,16 +189,77 @@ def _run_sync(args: argparse.Namespace) -> dict[str, Any]:
             row = _summarize(scenario, events, times_s, frames, args.duration_s)
             row["us_per_message_add_only"] = 1e6 * min(add_only_s) / len(events)
             results.append(row)
+    three = scenarios[0]
     return {
         "target": "sync",
         "duration_s": args.duration_s,
         "repeat": args.repeat,
         "poll_hz": args.poll_hz,
         "deadline_ms": args.deadline_ms,
+        "slop_ms": {m.value: config.slop_for(m) / MS for m in MODALITIES},
         "python": sys.version.split()[0],
-        "message_filters_us_per_message": MESSAGE_FILTERS_US_PER_MESSAGE,
+        "message_filters": _message_filters(
+            three.specs,
+            make_events(three.specs, args.duration_s, args.seed, three.missing),
+            config.slop_for(Modality.CAMERA) / NS_PER_S,
+            args.repeat,
+        ),
         "scenarios": results,
     }
+
+
+def _message_filters(
+    specs: Sequence[StreamSpec], events: list[tuple[int, str, int]], slop_s: float, repeat: int
+) -> dict[str, Any]:
+    """message_filters.ApproximateTimeSynchronizer (Python) on the same events, where it
+    imports: CPU time per message (best of `repeat`) and sets out per second. It is not a
+    dependency of this package (not on PyPI); without it nothing is reported."""
+    try:
+        message_filters = importlib.import_module("message_filters")
+        time_type = importlib.import_module("builtin_interfaces.msg").Time
+    except ImportError as error:
+        return {"available": False, "reason": f"not importable here ({error})"}
+    names = [spec.name for spec in specs]
+    messages = [
+        (name, _StampedMessage(time_type(sec=stamp_ns // NS_PER_S, nanosec=stamp_ns % NS_PER_S)))
+        for _, name, stamp_ns in events
+    ]
+    best_s, sets = float("inf"), 0
+    for _ in range(repeat):
+        inputs = {name: message_filters.SimpleFilter() for name in names}
+        synchronizer = message_filters.ApproximateTimeSynchronizer(
+            [inputs[name] for name in names], MESSAGE_FILTERS_QUEUE_SIZE, slop_s
+        )
+        out: list[int] = []
+        synchronizer.registerCallback(lambda *msgs, out=out: out.append(len(msgs)))
+        start = time.process_time()
+        for name, message in messages:
+            inputs[name].signalMessage(message)
+        best_s = min(best_s, time.process_time() - start)
+        sets = len(out)
+    duration_s = (max(e[2] for e in events) - min(e[2] for e in events)) / NS_PER_S
+    return {
+        "available": True,
+        "inputs": len(names),
+        "queue_size": MESSAGE_FILTERS_QUEUE_SIZE,
+        "slop_s": slop_s,
+        "us_per_message": 1e6 * best_s / len(messages),
+        "sets_per_s": sets / duration_s if duration_s > 0 else 0.0,
+    }
+
+
+@dataclass
+class _Header:
+    stamp: Any
+
+
+class _StampedMessage:
+    """The one part of a message that message_filters reads: header.stamp."""
+
+    __slots__ = ("header",)
+
+    def __init__(self, stamp: Any) -> None:
+        self.header = _Header(stamp)
 
 
 def _summarize(
@@ -214,6 +278,16 @@ def _summarize(
     triggers: dict[str, int] = {}
     for frame in frames:
         triggers[frame.trigger_sensor] = triggers.get(frame.trigger_sensor, 0) + 1
+    live = [s.name for s in scenario.specs if s.name not in scenario.missing]
+    full = sum(all(f.sensor_present[name] for name in live) for f in frames)
+    modality = {s.name: s.modality for s in scenario.specs}
+
+    def per_frame(kind: Modality) -> float:
+        held = sum(
+            1 for f in frames for n, p in f.sensor_present.items() if p and modality[n] is kind
+        )
+        return held / max(len(frames), 1)
+
     return {
         "scenario": scenario.label,
         "inputs": len(scenario.specs) - len(scenario.missing),
@@ -230,6 +304,9 @@ def _summarize(
         * sum(f.waited_to_deadline for f in frames)
         / max(len(frames), 1),
         "modality_present_pct": present,
+        "full_frame_share": full / max(len(frames), 1),
+        "cameras_per_frame": per_frame(Modality.CAMERA),
+        "radars_per_frame": per_frame(Modality.RADAR),
     }
 
 
@@ -241,7 +318,8 @@ def _render_sync(result: dict[str, Any]) -> str:
         "",
         f"{'scenario':<34} {'in':>3} {'msgs':>6} {'us/msg':>7} {'add':>6} {'frames/s':>9} "
         f"{'ref Hz':>7} "
-        f"{'wait ms':>8} {'max ms':>7} {'deadline':>8}  present % (L R C I G)",
+        f"{'wait ms':>8} {'max ms':>7} {'deadline':>8} {'full':>6} {'cam':>4} {'rad':>4}"
+        "  present % (L R C I G)",
     ]
     for row in result["scenarios"]:
         present = " ".join(f"{v:>3}" for v in row["modality_present_pct"].values())
@@ -250,23 +328,49 @@ def _render_sync(result: dict[str, Any]) -> str:
             f"{row['us_per_message_best']:>7.2f} {row['us_per_message_add_only']:>6.2f} "
             f"{row['frames_per_s']:>9.2f} "
             f"{row['reference_hz']:>7.1f} {row['wait_ms_mean']:>8.1f} {row['wait_ms_max']:>7.1f} "
-            f"{row['waited_to_deadline_pct']:>7.1f}%  {present}"
+            f"{row['waited_to_deadline_pct']:>7.1f}% {row['full_frame_share']:>6.3f} "
+            f"{row['cameras_per_frame']:>4.1f} {row['radars_per_frame']:>4.1f}  {present}"
         )
+    slop = ", ".join(f"{name} {ms:g}" for name, ms in result["slop_ms"].items() if ms)
     lines += [
         "",
         "us/msg: add() plus the poll timer, per message; add: add() alone (no timer).",
-        "frames/s equals the LiDAR rate while it is alive; with it dead, CAM_FRONT (12 Hz) "
-        "triggers after the reference timeout.",
-        "message_filters.ApproximateTimeSynchronizer (Python), measured once on the development "
-        f"machine: {result['message_filters_us_per_message']:.0f} us/message for the 3 inputs, "
-        "6-12 frames/s, none while any input is dead (docs/sync.md).",
+        "full: share of frames holding every live sensor; cam, rad: cameras and radars per frame.",
+        f"slop ms: {slop}. frames/s equals the LiDAR rate while it is alive; with it dead, "
+        "CAM_FRONT (12 Hz) triggers after the reference timeout.",
+        _render_message_filters(result["message_filters"]),
     ]
     return "\n".join(lines)
+
+
+def _render_message_filters(row: dict[str, Any]) -> str:
+    name = "message_filters.ApproximateTimeSynchronizer (Python), 3 inputs"
+    if not row["available"]:
+        return f"{name}: not available ({row['reason']})."
+    return (
+        f"{name}, queue {row['queue_size']}, slop {row['slop_s'] * 1e3:g} ms, measured now: "
+        f"{row['us_per_message']:.2f} us/message, {row['sets_per_s']:.2f} sets/s."
+    )
 
 
 def _model_bench() -> Any:
     """The model benchmark module, imported on use: the other targets need no torch."""
     return importlib.import_module("peftdml_ros.core.model.bench")
+
+
+def _cache_bench() -> Any:
+    """The cache benchmark module, imported on use (torch and the dataset reader)."""
+    return importlib.import_module("peftdml_ros.tools.bench_cache")
+
+
+def _cache_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="nuScenes-format dataroot")
+    parser.add_argument("--version", default="v1.0-synth", help="table version")
+    parser.add_argument("--split", default=None, help="split name (default: every scene)")
+    parser.add_argument("--scenes", type=int, default=2, help="first N scenes of the split")
+    parser.add_argument("--workers", type=int, default=2, help="processes of the second build")
+    parser.add_argument("--batch-size", type=int, default=4, help="pairs per batch")
+    parser.add_argument("--batches", type=int, default=5, help="batches timed per path")
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -295,6 +399,12 @@ TARGETS: dict[str, BenchTarget] = {
         add_arguments=dds_bench.add_arguments,
         run=dds_bench.run,
         render=dds_bench.render,
+    ),
+    "cache": BenchTarget(
+        summary="the on-disk keyframe cache: build cost, size, reads uncached vs cached",
+        add_arguments=_cache_arguments,
+        run=lambda args: _cache_bench().run(args),
+        render=lambda result: _cache_bench().render(result),
     ),
 }
 

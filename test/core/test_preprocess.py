@@ -22,8 +22,15 @@ from peftdml_ros.core.preprocess import (
     Preprocessor,
     check_inputs,
     collate,
+    decode_camera_images,
+    encode_camera_images,
     input_shapes,
+    kept_radar_index,
     pack_points,
+    pack_points_with_sources,
+    radar_sensor_index,
+    remove_modalities,
+    remove_sensors,
     scale_intrinsics,
     subsample_indices,
 )
@@ -346,3 +353,132 @@ def test_preprocessing_imports_neither_torch_nor_ros() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+# ------------------------------------------------------------------- sensor and modality removal
+
+RADARS = tuple(f"RADAR_{i}" for i in range(5))  # make_frame's radar names
+# Room for every radar point of make_frame: removal equals re-preprocessing exactly only where
+# the Preprocessor did not subsample the radar points (see remove_sensors).
+ROOMY = PreprocessConfig(max_lidar_points=512, max_radar_points=256, image_size_hw=(32, 48))
+
+
+def _without(frame: Frame, cameras: tuple[str, ...] = (), radars: tuple[str, ...] = ()) -> Frame:
+    """The frame as a rig without those sensors would have produced it."""
+    kept_cams = tuple(c for c in frame.cameras if c.sensor not in cameras)
+    kept_radars = tuple(r for r in frame.radar if r.sensor not in radars)
+    present = dict(frame.modality_present)
+    present[Modality.CAMERA] = bool(kept_cams)
+    present[Modality.RADAR] = bool(kept_radars)
+    changes = {"cameras": kept_cams, "radar": kept_radars, "modality_present": present}
+    return Frame(**{**frame.__dict__, **changes})
+
+
+def _assert_same_inputs(
+    a: dict[str, npt.NDArray[np.float32]], b: dict[str, npt.NDArray[np.float32]]
+) -> None:
+    assert tuple(a) == tuple(b) == model_io.INPUT_NAMES
+    for name in model_io.INPUT_NAMES:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_pack_points_with_sources_names_the_cloud_of_every_row() -> None:
+    frame = make_frame()
+    packed, valid, sources = pack_points_with_sources(
+        frame.radar, RADAR_POINT_FIELDS, RANGE, CONFIG.max_radar_points
+    )
+    plain, plain_valid = pack_points(
+        frame.radar, RADAR_POINT_FIELDS, RANGE, CONFIG.max_radar_points
+    )
+    np.testing.assert_array_equal(packed, plain)
+    np.testing.assert_array_equal(valid, plain_valid)
+    count = int(valid.sum())
+    assert (sources[:count] >= 0).all() and (sources[count:] == -1).all()
+    assert len(set(sources[:count].tolist())) == 5  # every radar contributes
+    for row, source in zip(packed[:count], sources[:count], strict=True):
+        assert (frame.radar[source].points == row).all(axis=1).any()
+
+
+def test_radar_sensor_index_follows_the_packed_rows_and_names() -> None:
+    frame = make_frame()
+    inputs = Preprocessor(CONFIG)(frame)
+    index = radar_sensor_index(frame, CONFIG, RADARS)
+    assert index.dtype == np.int8 and index.shape == inputs["radar_valid"].shape
+    np.testing.assert_array_equal(index >= 0, inputs["radar_valid"] > 0)
+    # Reversed names give the reversed indices: the index is into radar_names, not frame order.
+    reverse = radar_sensor_index(frame, CONFIG, RADARS[::-1])
+    valid = index >= 0
+    np.testing.assert_array_equal(reverse[valid], 4 - index[valid])
+    flagged_absent = Frame(
+        **{**frame.__dict__, "modality_present": {**frame.modality_present, Modality.RADAR: False}}
+    )
+    assert (radar_sensor_index(flagged_absent, CONFIG, RADARS) == -1).all()
+    with pytest.raises(InputDataError, match="not in radar_names"):
+        radar_sensor_index(frame, CONFIG)  # the nuScenes names do not include RADAR_0
+
+
+@pytest.mark.parametrize(
+    ("cameras", "radars"),
+    [
+        (("CAM_FRONT",), ()),
+        ((), ("RADAR_2",)),
+        (("CAM_BACK", "CAM_FRONT_LEFT"), ("RADAR_0", "RADAR_4")),
+        (NUSCENES_CAMERAS, ()),  # the last camera goes: camera masked absent
+        ((), RADARS),  # the last radar goes: radar masked absent
+    ],
+)
+def test_remove_sensors_equals_preprocessing_the_frame_without_them(
+    cameras: tuple[str, ...], radars: tuple[str, ...]
+) -> None:
+    frame = make_frame(seed=3)
+    pre = Preprocessor(ROOMY)
+    inputs = pre(frame)
+    assert 0 < inputs["radar_valid"].sum() < ROOMY.max_radar_points  # nothing subsampled
+    for array in inputs.values():  # as memory-mapped cache files are: never written to
+        array.setflags(write=False)
+    index = radar_sensor_index(frame, ROOMY, RADARS)
+    removed = remove_sensors(
+        inputs, ROOMY, cameras=cameras, radars=radars, radar_index=index, radar_names=RADARS
+    )
+    reduced = _without(frame, cameras, radars)
+    _assert_same_inputs(removed, pre(reduced))
+    np.testing.assert_array_equal(
+        kept_radar_index(index, inputs["radar_valid"], radars, RADARS),
+        radar_sensor_index(reduced, ROOMY, RADARS),
+    )
+    _assert_same_inputs(inputs, pre(frame))  # the argument is left as it was
+
+
+def test_remove_sensors_works_on_batches_and_checks_its_arguments() -> None:
+    pre = Preprocessor(ROOMY)
+    frames = [make_frame(seed=4), make_frame(seed=5, cameras=("CAM_FRONT",))]
+    batch = collate([pre(f) for f in frames])
+    index = np.concatenate([radar_sensor_index(f, ROOMY, RADARS) for f in frames])
+    removed = remove_sensors(
+        batch, ROOMY, cameras=("CAM_FRONT",), radars=("RADAR_1",), radar_index=index,
+        radar_names=RADARS,
+    )  # fmt: skip
+    expected = collate([pre(_without(f, ("CAM_FRONT",), ("RADAR_1",))) for f in frames])
+    _assert_same_inputs(removed, expected)
+    assert removed["modality_mask"][1, 2] == 0.0  # the second frame had CAM_FRONT only
+    with pytest.raises(ConfigError, match="radar_index"):
+        remove_sensors(batch, ROOMY, radars=("RADAR_1",), radar_names=RADARS)
+    with pytest.raises(ConfigError, match="unknown sensors"):
+        remove_sensors(batch, ROOMY, cameras=("CAM_ROOF",))
+
+
+@pytest.mark.parametrize("absent", list(Modality))
+def test_remove_modalities_equals_preprocessing_without_the_modality(absent: Modality) -> None:
+    frame = make_frame(seed=6)
+    flags = {**frame.modality_present, absent: False}
+    expected = Preprocessor(ROOMY)(Frame(**{**frame.__dict__, "modality_present": flags}))
+    _assert_same_inputs(remove_modalities(Preprocessor(ROOMY)(frame), (absent,)), expected)
+
+
+def test_camera_images_round_trip_through_uint8_exactly() -> None:
+    inputs = Preprocessor(CONFIG)(make_frame(cameras=("CAM_FRONT", "CAM_BACK"), seed=7))
+    images, valid = inputs["camera_images"], inputs["camera_valid"]
+    pixels = encode_camera_images(images, valid)
+    assert pixels is not None and pixels.dtype == np.uint8
+    np.testing.assert_array_equal(decode_camera_images(pixels, valid), images)
+    assert encode_camera_images(images + 1e-3 * valid[..., None, None, None], valid) is None
