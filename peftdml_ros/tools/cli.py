@@ -25,6 +25,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("synth", "generate a nuScenes-format dataset from a seeded synthetic world"),
     "train": ("train", "train PEFT-DML on a nuScenes-format dataset (checkpoint, metrics.jsonl)"),
     "export": ("export", "checkpoint -> ONNX + manifest, checked against PyTorch with ORT"),
+    "eval": (
+        "eval",
+        "official nuScenes metrics of a model on a split; sensor dropout, degradations",
+    ),
 }
 
 

@@ -125,3 +125,99 @@ def plot_timeline(
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+# Box corner order of box_corners_3d: the 4 BEV corners at the bottom, then the same 4 on top.
+_BOX_EDGES: tuple[tuple[int, int], ...] = (
+    (0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7),
+)  # fmt: skip
+# Edges are clipped to this depth in front of the camera before projecting (m).
+_NEAR_M = 0.1
+
+
+def box_corners_3d(detections: Detections) -> npt.NDArray[np.float64]:
+    """[N, 8, 3] corners (x, y, z): the BEV corners (box_corners_bev order) at the bottom of the
+    box (center z - h/2), then the same corners at its top."""
+    bev = box_corners_bev(detections)  # [N, 4, 2]
+    half_h = detections.size_wlh_m[:, 2].astype(np.float64)[:, None] / 2
+    z = detections.center_m[:, 2].astype(np.float64)[:, None]
+    bottom = np.concatenate([bev, np.broadcast_to(z - half_h, bev.shape[:2])[..., None]], -1)
+    top = np.concatenate([bev, np.broadcast_to(z + half_h, bev.shape[:2])[..., None]], -1)
+    return np.concatenate([bottom, top], axis=1)
+
+
+def box_edges_in_image(
+    corners_ego: npt.NDArray[np.float64],
+    intrinsics: npt.ArrayLike,
+    camera_to_ego: npt.ArrayLike,
+) -> list[npt.NDArray[np.float64]]:
+    """The 12 edges of each box [N, 8, 3] (ego frame) as pixel segments [2, 2] (u, v), clipped
+    to the space in front of the camera: edges wholly behind it are left out.
+
+    intrinsics: [3, 3] K of the image; camera_to_ego: [4, 4] optical frame (z forward) -> ego.
+    """
+    k = np.asarray(intrinsics, np.float64)
+    ego_to_camera = np.linalg.inv(np.asarray(camera_to_ego, np.float64))
+    segments: list[npt.NDArray[np.float64]] = []
+    for box in corners_ego:
+        cam = box @ ego_to_camera[:3, :3].T + ego_to_camera[:3, 3]
+        for a, b in _BOX_EDGES:
+            p, q = cam[a], cam[b]
+            if p[2] < _NEAR_M and q[2] < _NEAR_M:
+                continue
+            if p[2] < _NEAR_M or q[2] < _NEAR_M:  # move the point behind onto the near plane
+                t = (_NEAR_M - p[2]) / (q[2] - p[2])
+                clipped = p + t * (q - p)
+                p, q = (clipped, q) if p[2] < _NEAR_M else (p, clipped)
+            ends = np.stack([p, q]) @ k.T
+            segments.append(ends[:, :2] / ends[:, 2:3])
+    return segments
+
+
+def plot_camera_boxes(
+    path: Path,
+    *,
+    image: npt.NDArray[np.uint8],
+    intrinsics: npt.ArrayLike,
+    camera_to_ego: npt.ArrayLike,
+    ground_truth: Detections | None,
+    detections: Detections,
+    title: str = "",
+) -> Path:
+    """A camera image with 3D boxes projected through its calibration: ground truth (dashed
+    white), detections (class color, with class and score).
+
+    image: [H, W, 3] uint8 RGB; intrinsics: its [3, 3] K; camera_to_ego: [4, 4]; boxes in the
+    ego frame the calibration refers to.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    height, width = image.shape[:2]
+    figure, axes = plt.subplots(figsize=(10, 10 * height / width + 0.6), dpi=110)
+    axes.imshow(image, extent=(-0.5, width - 0.5, height - 0.5, -0.5))
+    if ground_truth is not None:
+        for segment in box_edges_in_image(box_corners_3d(ground_truth), intrinsics, camera_to_ego):
+            axes.plot(segment[:, 0], segment[:, 1], "w--", linewidth=0.9)
+    corners = box_corners_3d(detections)
+    for index in range(len(detections)):
+        label = int(detections.label[index])
+        color = CLASS_COLORS[label]
+        segments = box_edges_in_image(corners[index : index + 1], intrinsics, camera_to_ego)
+        for segment in segments:
+            axes.plot(segment[:, 0], segment[:, 1], color=color, linewidth=1.4)
+        if segments:
+            u, v = segments[0][0]
+            if 0 <= u < width and 0 <= v < height:
+                axes.annotate(f"{NUSCENES_CLASSES[label]} {detections.score[index]:.2f}",
+                              (u, v), fontsize=6, color=color)  # fmt: skip
+    axes.set_xlim(-0.5, width - 0.5)
+    axes.set_ylim(height - 0.5, -0.5)
+    axes.set_axis_off()
+    axes.set_title(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path

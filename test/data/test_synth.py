@@ -122,7 +122,8 @@ def test_devkit_loads_all_tables_and_splits(dataroot: Path, nusc: Any) -> None:
     assert [s["name"] for s in nusc.scene] == ["scene-0001", "scene-0002", "scene-0003"]
     assert sorted(s["channel"] for s in nusc.sensor) == sorted(CHANNELS)
     splits = json.loads((dataroot / VERSION / "splits.json").read_text())
-    assert splits == {"synth_train": ["scene-0001", "scene-0002"], "synth_val": ["scene-0003"]}
+    assert splits == {"synth_train": ["scene-0001", "scene-0002"], "synth_val": ["scene-0003"],
+                      "synth_all": ["scene-0001", "scene-0002", "scene-0003"]}  # fmt: skip
     for scene in nusc.scene:
         samples = _scene_samples(nusc, scene["name"])
         assert len(samples) == scene["nbr_samples"] == 5  # 2 s at 2 Hz

@@ -43,6 +43,9 @@ from peftdml_ros.data.synth.world import ANNOTATION_RANGE_M, CLASS_SPECS, World,
 
 TRAIN_SPLIT = "synth_train"
 VAL_SPLIT = "synth_val"
+# Every scene: evaluating a whole generated dataset (e.g. one made only for testing).
+ALL_SPLIT = "synth_all"
+MANIFEST_NAME = "synth_manifest.json"
 BASE_TIME_US = 1_533_151_603_000_000  # 2018-08-01, as nuScenes-era timestamps
 SCENE_SPACING_US = 120_000_000
 # The log location of every generated scene: readers map it to a GNSS reference coordinate
@@ -51,7 +54,7 @@ SCENE_SPACING_US = 120_000_000
 LOCATION = "synthetic"
 # The devkit's NuScenesCanBus refuses these scene numbers (no CAN data in real nuScenes).
 _CAN_BLACKLIST = set(range(161, 177)) | set(range(309, 315))
-_OUTPUT_PARTS = ("samples", "sweeps", "maps", "can_bus", VERSION, "synth_manifest.json")
+_OUTPUT_PARTS = ("samples", "sweeps", "maps", "can_bus", VERSION, MANIFEST_NAME)
 
 
 @dataclass(frozen=True)
@@ -80,11 +83,16 @@ def scene_names(count: int) -> list[str]:
 
 
 def split_scenes(names: Sequence[str]) -> dict[str, list[str]]:
-    """The last quarter of the scenes (at least one) is val; one scene goes to val only."""
+    """The last quarter of the scenes (at least one) is val; one scene goes to val only.
+    ALL_SPLIT holds every scene."""
     if len(names) == 1:
-        return {TRAIN_SPLIT: [], VAL_SPLIT: list(names)}
+        return {TRAIN_SPLIT: [], VAL_SPLIT: list(names), ALL_SPLIT: list(names)}
     num_val = max(1, round(len(names) * 0.25))
-    return {TRAIN_SPLIT: list(names[:-num_val]), VAL_SPLIT: list(names[-num_val:])}
+    return {
+        TRAIN_SPLIT: list(names[:-num_val]),
+        VAL_SPLIT: list(names[-num_val:]),
+        ALL_SPLIT: list(names),
+    }
 
 
 @dataclass
@@ -478,8 +486,10 @@ def generate_dataset(
     """Write a nuScenes-format dataset (version `v1.0-synth`) under `out_dir`; return it.
 
     `degradations` are Degradation objects or spec strings (see degrade.py); splits are written
-    to `<out_dir>/v1.0-synth/splits.json` as "synth_train" and "synth_val". `workers` > 1
-    generates scenes in parallel processes (same files as with one).
+    to `<out_dir>/v1.0-synth/splits.json` as "synth_train", "synth_val" and "synth_all" (every
+    scene). `workers` > 1 generates scenes in parallel processes (same files as with one).
+    `<out_dir>/synth_manifest.json` records seed, preset, scene count and degradations: with
+    them `generate_dataset` writes the same scenes again (e.g. with one more degradation).
     """
     if preset not in PRESETS:
         raise SynthConfigError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
@@ -514,9 +524,10 @@ def generate_dataset(
         "seed": seed,
         "preset": chosen.name,
         "scene_duration_s": chosen.duration_s,
+        "scene_count": len(names),
         "scenes": entries,
         "degradations": [str(d) for d in parsed],
         "splits": splits,
     }
-    (out_dir / "synth_manifest.json").write_text(json.dumps(manifest, indent=1))
+    (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
     return out_dir
