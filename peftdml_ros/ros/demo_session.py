@@ -143,7 +143,7 @@ def run_node_on_bag(
     rclpy.init(context=context)
     report = SessionReport()
     cli_args = ["--ros-args", "--params-file", str(params_file), "-p", "use_sim_time:=true"]
-    if model_path:  # else the params file's value (empty: the untrained default model)
+    if model_path:  # else the params file's value (the shipped model)
         cli_args += ["-p", f"detector.model_path:={model_path}"]
     detector_node = PeftdmlNode(context=context, cli_args=cli_args, namespace=namespace or None)
     monitor_node = rclpy.create_node("peftdml_demo_monitor", context=context)

@@ -217,8 +217,9 @@ class PeftdmlNode(Node):
         )
         if not config.model_path:
             self.get_logger().warning(
-                "detector.model_path is empty: running the UNTRAINED default model; its "
-                "detections are meaningless. Give a trained checkpoint, ONNX file or engine."
+                "detector.model_path selects the UNTRAINED default model: its detections are "
+                "meaningless. Give a trained checkpoint, ONNX file or engine (the shipped model "
+                "is the default of config/peftdml.yaml)."
             )
         self._latency_ms = outputs.LatencyWindow()
         self._processing_ms = outputs.LatencyWindow()

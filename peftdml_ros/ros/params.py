@@ -162,6 +162,33 @@ def default_params_file() -> Path:
     return config_dir() / PARAMS_FILE
 
 
+# detector.model_path values that select the core's default model with untrained weights.
+UNTRAINED_MODEL_VALUES = ("", "untrained")
+
+
+def resolve_model_path(value: str) -> str:
+    """The artifact `detector.model_path` names ("" for the untrained default model).
+
+    "" or "untrained": the untrained default model (the node says so loudly). An absolute path,
+    or one that exists relative to the working directory, is used as given; any other relative
+    path is looked up in the package (the source tree, else the installed share directory),
+    where the shipped models live (`models/...`).
+    """
+    if value in UNTRAINED_MODEL_VALUES:
+        return ""
+    path = Path(value).expanduser()
+    if path.is_absolute() or path.exists():
+        return str(path)
+    packaged = config_dir().parent / path
+    if packaged.exists():
+        return str(packaged)
+    raise ConfigError(
+        f"detector.model_path {value!r} is neither a file (relative to the working directory "
+        f"{Path.cwd()}) nor one of this package's files ({packaged}); give the path of a "
+        "checkpoint, ONNX file or engine, or 'untrained' for the untrained default model"
+    )
+
+
 @cache
 def load_schema() -> dict[str, Any]:
     path = config_dir() / SCHEMA_FILE
@@ -368,7 +395,7 @@ def config_from_flat(flat: Mapping[str, Any]) -> NodeConfig:
         warn_throttle_s=tree["input"]["warn_throttle_s"],
         backend=tree["detector"]["backend"],
         device=tree["detector"]["device"],
-        model_path=tree["detector"]["model_path"],
+        model_path=resolve_model_path(tree["detector"]["model_path"]),
         score_threshold=tree["detector"]["score_threshold"],
         nms_iou_threshold=tree["detector"]["nms_iou_threshold"],
         max_detections=tree["detector"]["max_detections"],

@@ -37,8 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         default="",
-        help="checkpoint, ONNX file or engine (default: the untrained default model, announced "
-        "as such)",
+        help="checkpoint, ONNX file or engine (default: the parameters file's, the shipped model; "
+        "'untrained' for the untrained default model, announced as such)",
     )
     parser.add_argument(
         "--rate",

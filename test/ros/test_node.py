@@ -451,8 +451,8 @@ def _replay(h: Harness, bag: Path, drops: list[Any], loops: int = 1) -> Replay:
 def test_replay_gives_one_array_per_lidar_frame_and_loops(
     harness_factory: Any, synth_bag: Path
 ) -> None:
-    # The untrained default model scores low: a zero threshold makes it publish boxes, so that
-    # detections, properties and markers carry content.
+    # A zero threshold makes the model publish boxes on every frame, so that detections,
+    # properties and markers always carry content.
     h = harness_factory("detector.score_threshold:=0.0", "detector.max_detections:=20")
     replay = _replay(h, synth_bag, drops=[], loops=2)
     lidar = replay.stamps["/lidar/points"]

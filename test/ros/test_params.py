@@ -12,6 +12,7 @@ import yaml
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from peftdml_ros.core.errors import ConfigError
 from peftdml_ros.core.types import Modality
 from peftdml_ros.ros import params
 
@@ -151,3 +152,19 @@ def test_run_time_changes_are_validated(rclpy_context: Any, repo_root: Path) -> 
 def test_docs_parameter_table_is_generated_from_the_schema(repo_root: Path) -> None:
     docs = (repo_root / "docs" / "node.md").read_text()
     assert params.markdown_table() in docs, "regenerate the table: see docs/node.md"
+
+
+def test_model_path_resolves_the_shipped_model_and_the_untrained_option(
+    repo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # relative paths must not depend on the working directory
+    loaded = yaml.safe_load(params.default_params_file().read_text())["/**"]["ros__parameters"]
+    shipped = loaded["detector"]["model_path"]
+    resolved = Path(params.resolve_model_path(shipped))
+    assert resolved.is_file() and resolved.parent.name == "models"
+    assert resolved.with_suffix(".manifest.json").is_file()
+    assert params.resolve_model_path("untrained") == params.resolve_model_path("") == ""
+    (tmp_path / "mine.onnx").write_bytes(b"")
+    assert params.resolve_model_path("mine.onnx") == "mine.onnx"
+    with pytest.raises(ConfigError, match="'untrained'"):
+        params.resolve_model_path("models/no_such_model.onnx")
