@@ -13,7 +13,8 @@ one loop (augmentation and sensor dropout on the cached frames, forward on keyfr
 losses, step, log, validation, checkpoint), the clean-feature GMM fit. Writes to --out:
   checkpoint.pt     the newest weights (+ ModelConfig, step, how the frames were built),
   best.pt           the weights with the best validation NDS (with --val-data),
-  train_state.pt    optimizer, step, RNG and best score: `--resume` continues from it,
+  train_state.pt    optimizer, step, wall time and best score: `--resume` continues from it
+                    (random streams are re-seeded from the step, not replayed),
   metrics.jsonl     one JSON line per step: step, lr, every loss term, seconds per step,
   val.jsonl         one JSON line per validation: step, wall time, mAP, NDS, TP errors,
   config.json       the ModelConfig and the command-line arguments.
@@ -124,7 +125,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out (weights, optimizer, step, RNG)",
+        help="continue the run in --out (weights, optimizer, step, wall time, best score)",
     )
     p.add_argument("--steps", type=int, default=2000, help="optimizer steps (upper bound)")
     p.add_argument(
