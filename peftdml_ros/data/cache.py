@@ -83,6 +83,8 @@ MANIFEST_NAME = "manifest.json"
 CAN_BUS_DIR = "can_bus"
 ITEMS_DIR = "items"
 # Reader attributes that are not settings: the dataset identity (keyed apart) and live objects.
+# The default cache root inside a dataroot (`peftdml train` and `peftdml eval` share it).
+CACHE_DIR_NAME = ".peftdml_cache"
 _NOT_SETTINGS = frozenset({"nusc", "dataroot", "version", "scene_names", "sample_tokens"})
 # Where the code that decides what a cached keyframe holds starts: these modules and every
 # module of this package they use, transitively, except the model's (targets are built from

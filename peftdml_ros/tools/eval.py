@@ -56,6 +56,7 @@ from peftdml_ros.core.types import (
     Frame,
     Modality,
 )
+from peftdml_ros.data.cache import CACHE_DIR_NAME, build_or_load_cache
 from peftdml_ros.data.evaluation import (
     TP_ERROR_NAMES,
     TP_ERRORS,
@@ -82,8 +83,6 @@ NODE_FRAME_SETTINGS: dict[str, Any] = {
 # The reader options a recorded training-data setting may set (the rest belong to the caller).
 _NOT_SETTINGS = {"self", "dataroot", "version", "split", "nusc"}
 SYNTH_MANIFEST = "synth_manifest.json"
-# The default cache root inside the dataroot, as `peftdml train` uses.
-CACHE_DIR_NAME = ".peftdml_cache"
 _CAMERA_PREFERENCE = ("CAM_FRONT",)
 PICTURE_CAMERA_DOWNSCALE = 2
 
@@ -167,8 +166,6 @@ def open_keyframes(
     shared with `peftdml train`, whose validation caches the same way); else read and
     preprocessed on demand (a smoke run should not build a cache of the whole split)."""
     if cache_root is not None and limit is None:
-        from peftdml_ros.data.cache import build_or_load_cache
-
         preprocess = PreprocessConfig.from_model_config(config)
         cached = build_or_load_cache(reader, preprocess, cache_root, progress=progress)
         return FirstKeyframes(cached, None)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import os
@@ -66,7 +67,7 @@ from peftdml_ros.data.augment import (
     AugmentedPairs,
     SensorDropoutConfig,
 )
-from peftdml_ros.data.cache import CachedKeyframes, build_or_load_cache
+from peftdml_ros.data.cache import CACHE_DIR_NAME, CachedKeyframes, build_or_load_cache
 from peftdml_ros.data.evaluation import DetectionMetrics, evaluate_items, torch_predictor
 from peftdml_ros.data.nuscenes_reader import NuScenesReader
 from peftdml_ros.data.training import (
@@ -336,19 +337,6 @@ def _model_config(args: argparse.Namespace) -> tuple[ModelConfig, PeftDmlNet | N
     return (tiny_config() if args.tiny else ModelConfig()), None
 
 
-def set_train_mode(model: PeftDmlNet, stage: str) -> None:
-    """Train mode, except that frozen backbones keep their normalization statistics (PEFT):
-    a normalization layer with frozen parameters stays in eval mode."""
-    model.train()
-    if stage != "peft":
-        return
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
-            p.requires_grad for p in module.parameters(recurse=False)
-        ):
-            module.eval()
-
-
 @dataclass
 class RunState:
     """What `--resume` restores besides the weights."""
@@ -407,14 +395,11 @@ def fit_gmm(model: PeftDmlNet, keyframes: KeyframeSource, frames: int,
 
 def _validate(model: PeftDmlNet, items: KeyframeSource, reader: NuScenesReader,
               out_dir: Path, device: torch.device) -> DetectionMetrics:  # fmt: skip
-    model.eval()
-    try:
-        every = (items[index] for index in range(len(items)))
-        return evaluate_items(
-            torch_predictor(model, model.config, device), every, reader, out_dir, progress=False
-        )
-    finally:
-        model.train()
+    # torch_predictor runs the forward in eval mode and restores every module's mode after.
+    every = (items[index] for index in range(len(items)))
+    return evaluate_items(
+        torch_predictor(model, model.config, device), every, reader, out_dir, progress=False
+    )
 
 
 # ------------------------------------------------------------------------------------- main
@@ -465,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, initial = _model_config(args)
     preprocess = PreprocessConfig.from_model_config(config)
     reader = _reader(args, args.data, args.version, args.split)
-    cache_root = args.cache_dir or args.data / ".peftdml_cache"
+    cache_root = args.cache_dir or args.data / CACHE_DIR_NAME
     keyframes = _cache(reader, preprocess, cache_root, dist)
     settings = data_settings(reader)
     augmentation = Augmentation(
@@ -479,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         val_reader = _reader(args, args.val_data, args.val_version or args.version,
                              args.val_split or args.split)  # fmt: skip
         val_items = _cache(val_reader, preprocess,
-                           args.cache_dir or args.val_data / ".peftdml_cache", dist)  # fmt: skip
+                           args.cache_dir or args.val_data / CACHE_DIR_NAME, dist)  # fmt: skip
     gmm_frames = min(args.gmm_frames, len(keyframes))
     if args.gmm_frames > 0 and config.gmm_enabled and gmm_frames < config.gmm_components:
         raise ConfigError(
@@ -497,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shuffle=sampler is None,
         sampler=sampler,
         drop_last=len(pairs) >= args.batch_size * dist.world,
-        collate_fn=_collate(config),
+        collate_fn=functools.partial(collate_pairs, config=config),
         num_workers=args.workers,
         persistent_workers=args.workers > 0,
         generator=torch.Generator().manual_seed(seed),
@@ -510,7 +495,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         freeze_backbones(model)
     else:
         unfreeze_all(model)
-    set_train_mode(model, args.stage)
+    # GroupNorm and LayerNorm keep no running statistics: frozen backbones need no eval mode.
+    model.train()
     report = parameter_report(model)
     if dist.is_main:
         print(report.format_table())
@@ -622,7 +608,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 extra(state.step, val_nds=scores.nd_score,
                                       val_map=scores.mean_ap))  # fmt: skip
             postfix["best"] = f"{state.best_nds:.3f}@{state.best_step}"
-            set_train_mode(model, args.stage)
         bar.set_postfix(postfix)
         bar.update(1)
         if dist.is_main and (state.step % args.ckpt_every == 0 and not last):
@@ -673,12 +658,6 @@ def _agree(stop: bool, dist: Distributed, device: torch.device) -> bool:
     flag = torch.tensor([1.0 if stop else 0.0], device=device)
     torch.distributed.broadcast(flag, src=0)
     return bool(flag.item() > 0.5)
-
-
-def _collate(config: ModelConfig) -> Any:
-    import functools
-
-    return functools.partial(collate_pairs, config=config)
 
 
 __all__ = ["TrainingBatch", "lr_at", "main"]
