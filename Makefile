@@ -7,9 +7,11 @@ PY := $(VENV)/bin/python
 export ROS_HOME ?= $(CURDIR)/build/ros_home
 export ROS_LOG_DIR ?= $(CURDIR)/build/ros_home/log
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
-# Fast DDS 3 (Kilted) reads FASTDDS_..., Fast DDS 2 (Humble, Jazzy) FASTRTPS_...
+# The Fast DDS profile for large messages. The venv's Fast DDS is 3.x (Kilted wheels): it reads
+# FASTDDS_...; Fast DDS 2's FASTRTPS_... is kept from the commands, or Fast DDS 3 loads the
+# profile twice and prints XMLPARSER errors (peftdml_ros/ros/dds_profile.py).
 export FASTDDS_DEFAULT_PROFILES_FILE ?= $(CURDIR)/config/fastdds_profile.xml
-export FASTRTPS_DEFAULT_PROFILES_FILE ?= $(FASTDDS_DEFAULT_PROFILES_FILE)
+unexport FASTRTPS_DEFAULT_PROFILES_FILE
 export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 export AMENT_PREFIX_PATH := $(CURDIR)/$(VENV)$(if $(AMENT_PREFIX_PATH),:$(AMENT_PREFIX_PATH))
 

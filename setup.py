@@ -38,6 +38,10 @@ setup(
         ),
     ],
     install_requires=["setuptools"],
+    # `pip install .[gpu]` on a CUDA 12 machine: ONNX Runtime's CUDA execution provider and CuPy
+    # (core/gpu_preprocess.py). onnxruntime-gpu replaces the CPU `onnxruntime` (both provide the
+    # `onnxruntime` module): uninstall that first. TensorRT comes from NVIDIA's own index.
+    extras_require={"gpu": ["onnxruntime-gpu>=1.20", "cupy-cuda12x>=13.0"]},
     zip_safe=True,
     maintainer="peftdml_ros maintainers",
     maintainer_email="maintainers@peftdml-ros.dev",
@@ -48,6 +52,7 @@ setup(
         "console_scripts": [
             "peftdml = peftdml_ros.tools.cli:main",
             "peftdml_node = peftdml_ros.ros.node:main",
+            "peftdml_lifecycle_node = peftdml_ros.ros.lifecycle_node:main",
         ],
     },
 )

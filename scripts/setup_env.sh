@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One idempotent set-up step: .venv with pinned packages, the interface packages that PyPI lacks
-# (vision_msgs, tf2_msgs) built from interfaces/, and peftdml_ros installed with its ament index
-# entries. Each stage keeps a stamp (a hash of its inputs) in .venv/.setup/, so a second run
-# skips everything whose inputs did not change and finishes in seconds.
+# (vision_msgs, tf2_msgs) built from interfaces/ (with CMake directly: their COLCON_IGNORE keeps
+# them out of colcon workspaces, where a ROS install provides them), and peftdml_ros installed
+# with its ament layout. Each stage keeps a stamp (a hash of its inputs) in .venv/.setup/, so a
+# second run skips everything whose inputs did not change and finishes in seconds.
 set -Eeuo pipefail
 
 repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -91,12 +92,19 @@ build_interface tf2_msgs tf2_msgs.msg
 current_step="install peftdml_ros"
 pkg_hash="$(hash_of "$repo_dir/setup.py" "$repo_dir/setup.cfg" "$repo_dir/package.xml" "$repo_dir/scripts/setup_env.sh")"
 if ! stamp_ok package "$pkg_hash"; then
-  step "installing peftdml_ros (editable) and its ament index entries"
+  step "installing peftdml_ros (editable)"
   "$py" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e "$repo_dir" \
     || fail "pip could not install the package (read pip's message above)"
-  "$py" "$repo_dir/scripts/install_ament_layout.py" --prefix "$venv_dir" --repo "$repo_dir" \
-    || fail "could not write the ament index entries"
   stamp_set package "$pkg_hash"
+fi
+# The share/ and lib/ links that ros2 run/launch use, one per file setup.py installs: checked on
+# every run (a second one changes nothing and prints nothing), so a new launch file, config or
+# model is found without a reinstall.
+current_step="ament layout"
+layout_changes="$("$py" "$repo_dir/scripts/install_ament_layout.py" --prefix "$venv_dir" --repo "$repo_dir")" \
+  || fail "could not write the ament layout (share/peftdml_ros, lib/peftdml_ros) in $venv_dir"
+if [[ -n "$layout_changes" ]]; then
+  step "ament layout updated ($(wc -l <<<"$layout_changes") links)"
 fi
 
 # ROS tools find packages through AMENT_PREFIX_PATH, which a ROS install's setup.bash would set.

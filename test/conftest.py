@@ -28,7 +28,8 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ["ROS_LOG_DIR"] = str(_ROS_TMP / "log")
 os.environ["ROS_HOME"] = str(_ROS_TMP / "home")
 os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(REPO_ROOT / "config" / "fastdds_profile.xml")
-os.environ["FASTRTPS_DEFAULT_PROFILES_FILE"] = os.environ["FASTDDS_DEFAULT_PROFILES_FILE"]
+# The venv's Fast DDS 3 reads only the name above; given the old one too, it loads the file twice.
+os.environ.pop("FASTRTPS_DEFAULT_PROFILES_FILE", None)
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 # What `source .venv/bin/activate` sets: ament_index finds the packages installed in this venv.
 if sys.prefix not in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):

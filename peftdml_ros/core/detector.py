@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from peftdml_ros.core import model_io
-from peftdml_ros.core.backends import InferenceBackend, create_backend
+from peftdml_ros.core.backends import DEFAULT_PRECISION, InferenceBackend, create_backend
 from peftdml_ros.core.errors import ConfigError, ModelArtifactError
 from peftdml_ros.core.model.config import ModelConfig
 from peftdml_ros.core.model.decode import decode_detections
@@ -42,10 +42,10 @@ DEFAULT_SEED = 0
 
 def manifest_path(model_path: str | Path) -> Path:
     """The manifest next to an exported model: model.onnx, and the engines built from it
-    (model.fp16.engine, model.fp32.engine), -> model.manifest.json."""
+    (model.fp16.engine, model.fp32.engine, model.int8.engine), -> model.manifest.json."""
     path = Path(model_path)
     stem = path.stem if path.suffix.lower() in (".onnx", ".engine", ".plan") else path.name
-    for precision in (".fp16", ".fp32"):
+    for precision in (".fp16", ".fp32", ".int8"):
         stem = stem.removesuffix(precision)
     return path.with_name(stem + MANIFEST_SUFFIX)
 
@@ -104,6 +104,7 @@ class DetectorConfig:
     """model_path: .pt checkpoint, .onnx or .engine; "" = untrained default model (loudly).
 
     backend: "auto", "torch", "onnxruntime" or "tensorrt"; device: "auto", "cpu", "cuda[:N]".
+    precision: the TensorRT engine's, "fp32", "fp16" or "int8" (see core.backends).
     """
 
     model_path: str = ""
@@ -113,6 +114,7 @@ class DetectorConfig:
     nms_iou_threshold: float = 0.2
     max_detections: int = 100
     seed: int = DEFAULT_SEED
+    precision: str = DEFAULT_PRECISION
 
     def __post_init__(self) -> None:
         check_thresholds(self.score_threshold, self.nms_iou_threshold, self.max_detections)
@@ -187,7 +189,11 @@ class Detector:
         self.config = config or DetectorConfig()
         model_config, self.untrained = _load_model_config(self.config)
         self.backend: InferenceBackend = create_backend(
-            self.config.backend, self.config.model_path, self.config.device, seed=self.config.seed
+            self.config.backend,
+            self.config.model_path,
+            self.config.device,
+            seed=self.config.seed,
+            precision=self.config.precision,
         )
         if model_config is None:  # a checkpoint: the torch backend loaded its config
             model_config = self.backend.config  # type: ignore[attr-defined]

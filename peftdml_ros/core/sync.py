@@ -46,11 +46,23 @@ Rules
   goes out when `now_ns` reaches its trigger's arrival + `deadline_ns`, with whatever arrived:
   `sensor_present` / `modality_present` say what, `waited_to_deadline` that it was cut short.
   `poll` must run often enough (the delay past the deadline is at most the poll period).
-- Time going backwards. A stamp more than `jump_back_threshold_ns` older than its stream's
-  newest (bag loop, /clock reset) emits the pending frames and clears every buffer (`resets`).
-  Smaller disorder is tolerated: late messages are inserted in stamp order, or dropped as late
-  when no future frame can pick them. A repeated stamp on a stream is ignored (`duplicates`).
-  A caller clock (`now_ns`) that goes backwards releases the pending frames at once.
+- Steady deadline. Given a `steady_clock_ns` (a monotonic clock, e.g. time.monotonic_ns), a
+  frame also goes out, with whatever arrived, once that clock passes its trigger's arrival +
+  `steady_deadline_ns`, whatever the caller's clock does (`frames_steady_deadline`): a stopped
+  or stalled /clock freezes `now_ns`, and the frame would otherwise wait forever. It only cuts
+  waiting short: on a caller clock at real speed `deadline_ns` (<= `steady_deadline_ns`,
+  checked) comes first, so it decides nothing; on a slower one (a bag replayed slowly) it
+  ends waits longer than `steady_deadline_ns` of real time.
+- Time going backwards. A caller clock more than `jump_back_threshold_ns` behind the newest
+  `now_ns` seen (sim time reset, bag loop) emits the pending frames (they hold messages from
+  before the jump only), clears every buffer and forgets when each sensor was last heard, as
+  at start-up (`clock_jumps_back`): no frame mixes messages from both sides of the jump, and
+  none waits for a time that will not come again. A smaller step back releases at once the
+  pending frames whose trigger arrived after the new `now_ns`. A stamp more than
+  `jump_back_threshold_ns` older than its stream's newest also emits the pending frames and
+  clears the buffers (`resets`). Smaller disorder is tolerated: late messages are inserted in
+  stamp order, or dropped as late when no future frame can pick them. A repeated stamp on a
+  stream is ignored (`duplicates`).
 - Memory. Each stream keeps at most `buffer_size` messages (`imu_buffer_size` for the IMU);
   the oldest is dropped when full (`dropped_overflow`, unless a frame had used it already).
 
@@ -65,7 +77,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,10 +133,13 @@ class SyncConfig:
     imu_window_ns: the oldest IMU sample a frame takes, relative to its stamp.
     gnss_staleness_ns: the oldest GNSS fix a frame takes, relative to its stamp.
     buffer_size / imu_buffer_size: messages kept per stream.
-    jump_back_threshold_ns: a stamp this much older than its stream's newest resets all buffers.
+    jump_back_threshold_ns: a stamp this much older than its stream's newest, or a caller clock
+        this much behind the newest it gave, resets all buffers.
     period_jitter: the fraction of a sensor's period by which its next message may come early;
         a frame stops waiting for a sensor whose next message, due (1 - period_jitter) periods
         after its newest, could not be nearer than what it has. 1.0 turns this prediction off.
+    steady_deadline_ns: the longest a frame waits after its trigger arrived (steady clock given
+        to the synchronizer; without one it is not used). At least deadline_ns.
     """
 
     reference_sensor: str | None = None
@@ -139,6 +154,7 @@ class SyncConfig:
     imu_buffer_size: int = 256
     jump_back_threshold_ns: int = 1000 * MS
     period_jitter: float = 0.25
+    steady_deadline_ns: int = 2000 * MS
 
     def slop_for(self, modality: Modality) -> int:
         return int(self.slop_ns.get(modality, DEFAULT_SLOP_NS[modality]))
@@ -192,6 +208,8 @@ class SyncStats:
     resets: int
     pending_frames: int
     current_trigger: str | None
+    frames_steady_deadline: int = 0  # released by the steady deadline (caller clock stalled)
+    clock_jumps_back: int = 0
 
     def frames_emitted(self) -> int:
         return sum(self.frames_by_trigger.values())
@@ -205,6 +223,8 @@ class SyncStats:
             "resets": self.resets,
             "pending_frames": self.pending_frames,
             "current_trigger": self.current_trigger or "",
+            "frames_steady_deadline": self.frames_steady_deadline,
+            "clock_jumps_back": self.clock_jumps_back,
         }
         for name, count in self.frames_by_trigger.items():
             out[f"frames_by_trigger.{name}"] = count
@@ -333,6 +353,7 @@ class _Pending:
     trigger: str
     payload: Any
     arrival_ns: int
+    steady_arrival_ns: int | None  # on the steady clock, when the synchronizer has one
     blocker: _Stream | None = None  # the sensor the frame waited for at the last check
 
 
@@ -340,11 +361,22 @@ class FrameSynchronizer:
     """Groups sensor messages into frames; see the module docstring for the rules.
 
     Not thread-safe: call `add`, `poll`, `update_config` and `stats` under one lock.
+    `steady_clock_ns` (optional) reads a monotonic clock in ns; it bounds every frame's wait
+    by `steady_deadline_ns` of that clock, whatever the caller's `now_ns` does.
     """
 
-    def __init__(self, sensors: Sequence[SyncSensor], config: SyncConfig | None = None) -> None:
+    def __init__(
+        self,
+        sensors: Sequence[SyncSensor],
+        config: SyncConfig | None = None,
+        *,
+        steady_clock_ns: Callable[[], int] | None = None,
+    ) -> None:
         self._sensors: tuple[SyncSensor, ...] = tuple(sensors)
-        self._config = _validated(self._sensors, config or SyncConfig())
+        self._steady_clock_ns = steady_clock_ns
+        self._config = _validated(
+            self._sensors, config or SyncConfig(), steady=steady_clock_ns is not None
+        )
         self._reference = _reference_of(self._sensors, self._config)
         self._streams: dict[str, _Stream] = {
             s.name: _Stream(s, self._maxlen(s.modality)) for s in self._sensors
@@ -353,6 +385,9 @@ class FrameSynchronizer:
         self._frames_by_trigger: dict[str, int] = {s.name: 0 for s in self._sensors}
         self._waited_to_deadline = 0
         self._resets = 0
+        self._steady_releases = 0
+        self._clock_jumps_back = 0
+        self._newest_now_ns: int | None = None  # the newest caller clock seen
         self._last_trigger_ns: int | None = None  # stamp of the newest frame (pending or out)
         self._last_emitted_ns: int | None = None
         self._first_call_ns: int | None = None
@@ -382,9 +417,10 @@ class FrameSynchronizer:
             )
         if self._first_call_ns is None:
             self._first_call_ns = now_ns
+        out = self._check_clock(now_ns)
+        steady_ns = self._steady_now()
         counters = stream.counters
         counters.received += 1
-        out: list[SyncedFrame] = []
         newest = stream.newest_ns
         if newest is not None and stamp_ns < newest - self._config.jump_back_threshold_ns:
             counters.resets += 1
@@ -392,24 +428,27 @@ class FrameSynchronizer:
             newest = None
         if not stream.remember(stamp_ns):
             counters.duplicates += 1
-            out += self._emit_ready(now_ns)
+            out += self._emit_ready(now_ns, steady_ns)
             return out
         if newest is None or stamp_ns > newest:
             stream.note_newest(stamp_ns)
         stream.last_arrival_ns = now_ns
         if sensor == self._trigger_at(now_ns):
-            self._start_frame(stream, stamp_ns, payload, now_ns)
+            self._start_frame(stream, stamp_ns, payload, now_ns, steady_ns)
         else:
             self._buffer(stream, stamp_ns, payload)
-        out += self._emit_ready(now_ns)
+        out += self._emit_ready(now_ns, steady_ns)
         return out
 
     def poll(self, now_ns: int) -> list[SyncedFrame]:
         """Frames whose deadline has passed (or that became complete); call it from a timer."""
         if self._first_call_ns is None:
             self._first_call_ns = now_ns
+        out = self._check_clock(now_ns)
         self._trigger_at(now_ns)  # keeps current_trigger fresh for diagnostics
-        return self._emit_ready(now_ns) if self._pending else []
+        if self._pending:
+            out += self._emit_ready(now_ns, self._steady_now())
+        return out
 
     def flush(self, now_ns: int) -> list[SyncedFrame]:
         """Emit every pending frame now with what has arrived (at shutdown or end of a bag)."""
@@ -421,7 +460,7 @@ class FrameSynchronizer:
     def update_config(self, **changes: Any) -> SyncConfig:
         """Change parameters at run time (slop, deadline, timeouts, ...); ConfigError if invalid.
 
-        The new deadline applies to pending frames too. Buffer sizes apply from now on,
+        The new deadlines apply to pending frames too. Buffer sizes apply from now on,
         keeping each stream's newest messages.
         """
         unknown = set(changes) - {f.name for f in dataclasses.fields(SyncConfig)}
@@ -429,7 +468,11 @@ class FrameSynchronizer:
             raise ConfigError(f"unknown synchronizer parameter(s) {sorted(unknown)}")
         if "slop_ns" in changes:
             changes["slop_ns"] = {**self._config.slop_ns, **changes["slop_ns"]}
-        config = _validated(self._sensors, dataclasses.replace(self._config, **changes))
+        config = _validated(
+            self._sensors,
+            dataclasses.replace(self._config, **changes),
+            steady=self._steady_clock_ns is not None,
+        )
         reference = _reference_of(self._sensors, config)
         self._config, self._reference = config, reference
         for stream in self._streams.values():
@@ -490,6 +533,8 @@ class FrameSynchronizer:
             resets=self._resets,
             pending_frames=len(self._pending),
             current_trigger=self._current_trigger,
+            frames_steady_deadline=self._steady_releases,
+            clock_jumps_back=self._clock_jumps_back,
         )
 
     # ------------------------------------------------------------------------------- internals
@@ -537,14 +582,16 @@ class FrameSynchronizer:
         self._current_trigger = trigger
         return trigger
 
-    def _start_frame(self, stream: _Stream, stamp_ns: int, payload: Any, now_ns: int) -> None:
+    def _start_frame(
+        self, stream: _Stream, stamp_ns: int, payload: Any, now_ns: int, steady_ns: int | None
+    ) -> None:
         last = self._last_trigger_ns
         if last is not None and stamp_ns <= last:
             # Frames go out in stamp order; an older trigger would go backwards in time.
             stream.counters.dropped_late += 1
             return
         self._last_trigger_ns = stamp_ns
-        self._pending.append(_Pending(stamp_ns, stream.name, payload, now_ns))
+        self._pending.append(_Pending(stamp_ns, stream.name, payload, now_ns, steady_ns))
 
     def _buffer(self, stream: _Stream, stamp_ns: int, payload: Any) -> None:
         last = self._last_emitted_ns
@@ -573,7 +620,7 @@ class FrameSynchronizer:
         index = bisect.bisect_right(buffer, stamp_ns, key=_stamp_of)
         return index < len(buffer) and buffer[index].stamp_ns <= last_ns
 
-    def _emit_ready(self, now_ns: int) -> list[SyncedFrame]:
+    def _emit_ready(self, now_ns: int, steady_ns: int | None) -> list[SyncedFrame]:
         out: list[SyncedFrame] = []
         pending = self._pending
         deadline_ns = self._config.deadline_ns
@@ -585,6 +632,9 @@ class FrameSynchronizer:
                 waited = not self._complete(frame, now_ns)
             elif self._complete(frame, now_ns):
                 waited = False
+            elif self._steady_expired(frame, steady_ns):
+                waited = True  # the caller's clock stalls: real time bounds the wait
+                self._steady_releases += 1
             else:
                 break
             pending.popleft()
@@ -732,13 +782,50 @@ class FrameSynchronizer:
         return True, entry.payload
 
     def _reset(self, now_ns: int) -> list[SyncedFrame]:
-        """Time went backwards: emit what is pending, then start over with empty buffers."""
+        """A stream's stamps went backwards: emit what is pending, then empty the buffers."""
+        self._resets += 1
+        return self._start_over(now_ns)
+
+    def _start_over(self, now_ns: int) -> list[SyncedFrame]:
         out = self.flush(now_ns)
         for stream in self._streams.values():
             stream.clear()
-        self._resets += 1
         self._last_trigger_ns = None
         self._last_emitted_ns = None
+        return out
+
+    def _steady_now(self) -> int | None:
+        clock = self._steady_clock_ns
+        return None if clock is None else clock()
+
+    def _steady_expired(self, frame: _Pending, steady_ns: int | None) -> bool:
+        arrival = frame.steady_arrival_ns
+        if steady_ns is None or arrival is None:
+            return False
+        return steady_ns - arrival >= self._config.steady_deadline_ns
+
+    def _check_clock(self, now_ns: int) -> list[SyncedFrame]:
+        """Start over, as at start-up, when the caller's clock jumped back (sim time reset).
+
+        Arrival times of the old timeline would read as "just heard" (or as never silent) on
+        the new one, and buffered stamps as the future: all of it goes.
+        """
+        newest = self._newest_now_ns
+        if newest is None or now_ns > newest:
+            self._newest_now_ns = now_ns
+            return []
+        if now_ns >= newest - self._config.jump_back_threshold_ns:
+            return []
+        self._clock_jumps_back += 1
+        return self.restart(now_ns)
+
+    def restart(self, now_ns: int) -> list[SyncedFrame]:
+        """Forget everything, as at start-up: return the pending frames, empty the buffers and
+        the last-heard times (a clock jump back, or a managed node that was paused)."""
+        out = self._start_over(now_ns)
+        for stream in self._streams.values():
+            stream.last_arrival_ns = None
+        self._first_call_ns = self._newest_now_ns = now_ns
         return out
 
 
@@ -759,7 +846,10 @@ def _check_payload(sensor: SyncSensor, payload: Any, expected: type) -> None:
         )
 
 
-def _validated(sensors: Sequence[SyncSensor], config: SyncConfig) -> SyncConfig:
+def _validated(
+    sensors: Sequence[SyncSensor], config: SyncConfig, *, steady: bool = False
+) -> SyncConfig:
+    """`config` once checked against the rig; `steady`: a steady clock bounds the waits."""
     names = [s.name for s in sensors]
     if not sensors:
         raise ConfigError("the synchronizer needs at least one sensor")
@@ -779,8 +869,15 @@ def _validated(sensors: Sequence[SyncSensor], config: SyncConfig) -> SyncConfig:
             "imu_window_ns",
             "gnss_staleness_ns",
             "jump_back_threshold_ns",
+            "steady_deadline_ns",
         ),
     )
+    if steady and config.steady_deadline_ns < config.deadline_ns:
+        raise ConfigError(
+            f"steady_deadline_ns {config.steady_deadline_ns} is below deadline_ns "
+            f"{config.deadline_ns}: on a clock at real speed it would cut every wait short; "
+            "raise steady_deadline_ns (or lower deadline_ns)"
+        )
     for modality, slop in config.slop_ns.items():
         if not isinstance(modality, Modality) or int(slop) < 0:
             raise ConfigError(f"slop_ns[{modality!r}] = {slop}: give a Modality and a value >= 0")

@@ -37,11 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
 from peftdml_ros.core import frame_rule
+from peftdml_ros.core import image as core_image
 from peftdml_ros.core import radar as core_radar
 from peftdml_ros.core.errors import ConfigError, InputDataError
 from peftdml_ros.core.geometry import (
@@ -111,12 +111,6 @@ MAP_ORIGINS_LATLON_DEG: dict[str, tuple[float, float]] = {
 
 # LiDAR .bin: float32 x, y, z, intensity, ring index.
 LIDAR_BIN_COLUMNS = 5
-CAMERA_DOWNSCALES: dict[int, int] = {
-    1: cv2.IMREAD_COLOR,
-    2: cv2.IMREAD_REDUCED_COLOR_2,
-    4: cv2.IMREAD_REDUCED_COLOR_4,
-    8: cv2.IMREAD_REDUCED_COLOR_8,
-}
 US_TO_NS = 1000
 # Scenes whose timelines and IMU samples a reader keeps (least recently used go first).
 SCENES_KEPT = 4
@@ -255,16 +249,18 @@ def read_jpeg_bytes(path: Path) -> bytes:
 
 
 def decode_jpeg(data: bytes, downscale: int, path: Path) -> npt.NDArray[np.uint8]:
-    """[H/downscale, W/downscale, 3] uint8 RGB, decoded at reduced scale (libjpeg DCT scaling)."""
-    flag = CAMERA_DOWNSCALES.get(downscale)
-    if flag is None:
+    """[H/downscale, W/downscale, 3] uint8 RGB, decoded at reduced scale (libjpeg DCT scaling).
+
+    The node's decode (core.image.decode_compressed), so training sees the node's pixels.
+    """
+    if downscale not in core_image.REDUCTIONS:
         raise ConfigError(
-            f"camera_downscale {downscale} must be one of {sorted(CAMERA_DOWNSCALES)}"
+            f"camera_downscale {downscale} must be one of {list(core_image.REDUCTIONS)}"
         )
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
-    if image is None:
-        raise CorruptImageError(f"{path}: JPEG cannot be decoded; the file is corrupt")
-    return np.ascontiguousarray(image[:, :, ::-1])  # BGR -> RGB
+    try:
+        return core_image.decode_compressed(data, reduction=downscale, fmt="jpeg")
+    except InputDataError as error:
+        raise CorruptImageError(f"{path}: {error}; the file is corrupt") from error
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -540,9 +536,9 @@ class NuScenesReader:
                 f"lidar_sweeps {lidar_sweeps} and radar_sweeps {radar_sweeps} must be >= 1 "
                 "(1 = the keyframe only)"
             )
-        if camera_downscale not in CAMERA_DOWNSCALES:
+        if camera_downscale not in core_image.REDUCTIONS:
             raise ConfigError(
-                f"camera_downscale {camera_downscale} must be one of {sorted(CAMERA_DOWNSCALES)}"
+                f"camera_downscale {camera_downscale} must be one of {list(core_image.REDUCTIONS)}"
             )
         if not imu_window_s > 0:
             raise ConfigError(f"imu_window_s {imu_window_s} must be > 0")

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from peftdml_ros.core.errors import ConfigError
+from peftdml_ros.ros import dds_profile
 
 TOPIC = "dds_bench/points"
 # Fast DDS 3 (Kilted) and Fast DDS 2 (Humble, Jazzy) name the profile variable differently.
-PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
 POINT_STEP_BYTES = 20  # x, y, z, intensity float32 + ring uint16, padded
 
 
@@ -123,12 +123,13 @@ def run_once(
     run in a process that already made a participant would silently keep the earlier transports.
     """
     env = dict(os.environ)
-    for name in (*PROFILE_VARIABLES, "FASTDDS_BUILTIN_TRANSPORTS"):
+    for name in (*dds_profile.PROFILE_VARIABLES, "FASTDDS_BUILTIN_TRANSPORTS"):
         env.pop(name, None)
     if profile is not None:
         if not profile.is_file():
             raise ConfigError(f"Fast DDS profile {profile} does not exist; give --profile FILE")
-        env.update(dict.fromkeys(PROFILE_VARIABLES, str(profile)))
+        # Only the variable this Fast DDS reads: given both, Fast DDS 3 loads the profile twice.
+        env = dds_profile.apply(env, profile)
     timeout_s = messages / rate_hz + 40.0
     common = [
         sys.executable,

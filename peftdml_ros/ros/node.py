@@ -14,12 +14,18 @@ output never falls behind real time. The synchronizer and the health counters sh
 
 Time. Message stamps are the time of record: outputs carry the trigger sensor's stamp. The
 synchronizer's `now_ns` is the node clock, which follows /clock when use_sim_time is true. The
-timers run on the steady clock, so a paused or slowed /clock never stalls polling or diagnostics.
+timers run on the steady clock, so a paused or slowed /clock never stalls polling or diagnostics,
+and the synchronizer reads the steady clock too: a frame waits at most sync.steady_deadline_s of
+it, so a stopped /clock never holds frames forever. A node clock that jumps back by more than
+sync.jump_back_threshold_s (sim time reset, bag loop) makes the synchronizer start over; stamps
+more than input.max_stamp_future_s ahead of the node clock are refused (docs/sync.md, "Time
+faults").
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import sys
 import threading
 import traceback
@@ -35,6 +41,7 @@ from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.publisher import Publisher
 from rclpy.qos import (
     DurabilityPolicy,
     HistoryPolicy,
@@ -42,6 +49,7 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu, NavSatFix, PointCloud2
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
@@ -53,12 +61,18 @@ try:  # rclpy of Jazzy and later
 except ImportError:  # Humble
     from rclpy.clock import ClockType  # type: ignore[attr-defined]
 
-from peftdml_ros.core import frame_rule
-from peftdml_ros.core.errors import ConfigError, InputDataError, PeftdmlError
+from peftdml_ros.core import frame_rule, health, plausibility
+from peftdml_ros.core.errors import (
+    ConfigError,
+    InputDataError,
+    ModelArtifactError,
+    PeftdmlError,
+)
 from peftdml_ros.core.sync import FrameSynchronizer, SyncConfig, SyncedFrame, SyncSensor
 from peftdml_ros.core.types import CameraImage, Frame, Modality, PointCloud
 from peftdml_ros.ros import conversions, outputs, params
 from peftdml_ros.ros.params import NodeConfig, SensorSpec
+from peftdml_ros.ros.stop_signals import StopSignals
 from peftdml_ros.ros.tf_buffer import TF_STATIC_QOS, StaticTransformStore, TransformMissingError
 
 NODE_NAME = "peftdml"
@@ -77,10 +91,12 @@ class UnexpectedInputError(conversions.ConversionError):
 
 @dataclass(frozen=True)
 class Received:
-    """A converted payload and when (steady clock) its message reached the callback."""
+    """A converted payload and when (steady clock) its message reached the callback and when
+    its conversion ended (0: not recorded; the conversion stage then counts as zero)."""
 
     value: Any
     receipt_ns: int
+    converted_ns: int = 0
 
 
 @dataclass
@@ -95,17 +111,22 @@ class _SensorState:
 class FrameSlot:
     """A one-frame hand-off between the executor and the inference worker (newest wins)."""
 
-    def __init__(self) -> None:
+    def __init__(self, dropped: int = 0) -> None:
         self._cond = threading.Condition()
         self._frame: SyncedFrame | None = None
+        self._released_ns = 0
         self._closed = False
-        self.dropped = 0
+        self.dropped = dropped  # a managed node's new slot carries on its predecessor's count
+        # When (steady clock, as given to put) the frame last taken was released; read by the
+        # taking thread right after take().
+        self.taken_released_ns = 0
 
-    def put(self, frame: SyncedFrame) -> None:
+    def put(self, frame: SyncedFrame, released_ns: int = 0) -> None:
         with self._cond:
             if self._frame is not None:
                 self.dropped += 1  # the worker is busy: the older frame is stale, never queued
             self._frame = frame
+            self._released_ns = released_ns
             self._cond.notify()
 
     def take(self, timeout_s: float) -> SyncedFrame | None:
@@ -113,6 +134,8 @@ class FrameSlot:
             if self._frame is None and not self._closed:
                 self._cond.wait(timeout_s)
             frame, self._frame = self._frame, None
+            if frame is not None:
+                self.taken_released_ns = self._released_ns
             return frame
 
     def close(self) -> None:
@@ -155,12 +178,15 @@ def sync_config(config: NodeConfig) -> SyncConfig:
         gnss_staleness_ns=int(config.gnss_staleness_s * NS_PER_S),
         buffer_size=config.buffer_size,
         imu_buffer_size=16 * config.buffer_size,
+        jump_back_threshold_ns=int(config.jump_back_threshold_s * NS_PER_S),
+        steady_deadline_ns=int(config.steady_deadline_s * NS_PER_S),
     )
 
 
 def _make_detector(config: NodeConfig) -> Any:
     from peftdml_ros.core.detector import Detector, DetectorConfig
 
+    _prepare_engine(config)
     return Detector(
         DetectorConfig(
             model_path=config.model_path,
@@ -169,12 +195,39 @@ def _make_detector(config: NodeConfig) -> Any:
             score_threshold=config.score_threshold,
             nms_iou_threshold=config.nms_iou_threshold,
             max_detections=config.max_detections,
+            precision=config.precision,
         )
+    )
+
+
+def _prepare_engine(config: NodeConfig) -> None:
+    """For an ONNX model on TensorRT: say whether the cached engine is loaded or one is being
+    built (minutes; progress every 10 s), and build it, before the detector loads it. A silent
+    build would look like a hung node."""
+    from peftdml_ros.core.backends import choose_backend
+
+    chosen, _ = choose_backend(config.backend, config.model_path, config.device)
+    if chosen != "tensorrt" or not config.model_path.lower().endswith(".onnx"):
+        return
+    from rclpy.logging import get_logger
+
+    from peftdml_ros.core.backends.tensorrt_backend import prepare_engine
+
+    logger = get_logger(NODE_NAME)
+    prepare_engine(
+        config.model_path, config.precision, config.device, info=logger.info, warn=logger.warning
     )
 
 
 class PeftdmlNode(Node):
     """Subscribes to the rig, synchronizes, detects, publishes. See the module docstring."""
+
+    # True once a detector.build_only start has built (or loaded) the engine; main() exits 0.
+    build_only_done = False
+    # The outputs' publisher class: a managed node's are lifecycle publishers, which publish
+    # only while the node is active (lifecycle_node.py).
+    _publisher_class: type[Publisher[Any]] = Publisher
+    _detector: Any = None  # None: no model loaded (a managed node unconfigured)
 
     def __init__(
         self,
@@ -190,8 +243,30 @@ class PeftdmlNode(Node):
             cli_args=list(cli_args) if cli_args is not None else None,
             namespace=namespace,
         )
+        # The same pieces a managed node runs from its transitions (lifecycle_node.py).
         self._config = params.declare_parameters(self)
         config = self._config
+        self._load(config, detector_factory)
+        if config.build_only:  # the engine is built or loaded: nothing else to set up
+            self.build_only_done = True
+            ready = _backend_name(self._detector, config)
+            if ready.startswith("tensorrt"):  # only TensorRT engines have a precision
+                ready += f" {config.precision}"
+            self.get_logger().info(
+                f"detector.build_only: {ready} ready for "
+                f"{config.model_path or '(untrained default model)'}; exiting without subscribing"
+            )
+            return
+        self._open_outputs()
+        self._start_io(config)
+        self._watch_parameters()
+        self.get_logger().info(f"peftdml_node ready: {self._summary(config)}")
+
+    # ------------------------------------------------------------ set-up pieces (both variants)
+
+    def _load(self, config: NodeConfig, detector_factory: Callable[[NodeConfig], Any]) -> None:
+        """The run-time state and the detector, which may build a TensorRT engine (minutes).
+        With detector.build_only, the detector only."""
         self._lock = threading.Lock()
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._tf = StaticTransformStore()
@@ -207,65 +282,143 @@ class PeftdmlNode(Node):
             for s in config.sensors
         }
         self._sync = FrameSynchronizer(
-            [SyncSensor(s.name, s.modality) for s in config.sensors], sync_config(config)
+            [SyncSensor(s.name, s.modality) for s in config.sensors],
+            sync_config(config),
+            steady_clock_ns=self._steady_now,
         )
         self._detector = detector_factory(config)
+        if config.build_only:
+            return
         self._check_training_data(config)
         backend = _backend_name(self._detector, config)
         self._pipeline = outputs.PipelineHealth(
             backend=str(backend), model=config.model_path or "(untrained default model)"
         )
+        self._health_calibration = self._load_health_calibration(config)
         if not config.model_path:
             self.get_logger().warning(
                 "detector.model_path selects the UNTRAINED default model: its detections are "
                 "meaningless. Give a trained checkpoint, ONNX file or engine (the shipped model "
                 "is the default of config/peftdml.yaml)."
             )
-        self._latency_ms = outputs.LatencyWindow()
-        self._processing_ms = outputs.LatencyWindow()
+        self._stages = outputs.StageWindows()  # per-frame latency by stage (docs/node.md)
         self._inference_ms = outputs.LatencyWindow()
         self._slot = FrameSlot()
         self._last_report: tuple[int, int] | None = None  # (frames, errors) at the last report
 
-        self._detections_pub = self.create_publisher(Detection3DArray, "~/detections", 10)
-        self._properties_pub = self.create_publisher(PointCloud2, "~/detections/properties", 10)
-        self._markers_pub = self.create_publisher(MarkerArray, "~/markers", 10)
-        self._frame_status_pub = self.create_publisher(DiagnosticArray, "~/frame_status", 10)
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._subscribe(config)
-        self.create_timer(POLL_PERIOD_S, self._poll, clock=self._steady)
-        self.create_timer(
-            config.diagnostics_period_s, self._publish_diagnostics, clock=self._steady
+    def _unload(self) -> None:
+        """Release the detector and the memory its model or engine held (undoes _load)."""
+        self._detector = None
+        gc.collect()  # backends free device memory in their destructors
+        torch = sys.modules.get("torch")  # never imported for it: only a torch user has a cache
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()  # hand the freed blocks back to the device
+
+    def _open_outputs(self) -> None:
+        kind = self._publisher_class
+        self._detections_pub = self.create_publisher(
+            Detection3DArray, "~/detections", 10, publisher_class=kind
         )
+        self._properties_pub = self.create_publisher(
+            PointCloud2, "~/detections/properties", 10, publisher_class=kind
+        )
+        self._markers_pub = self.create_publisher(
+            MarkerArray, "~/markers", 10, publisher_class=kind
+        )
+        self._frame_status_pub = self.create_publisher(
+            DiagnosticArray, "~/frame_status", 10, publisher_class=kind
+        )
+        self._latency_pub = self.create_publisher(
+            DiagnosticArray, "~/latency", 10, publisher_class=kind
+        )
+        self._diagnostics_pub = self.create_publisher(
+            DiagnosticArray, "/diagnostics", 10, publisher_class=kind
+        )
+
+    def _output_publishers(self) -> tuple[Publisher[Any], ...]:
+        return (
+            self._detections_pub,
+            self._properties_pub,
+            self._markers_pub,
+            self._frame_status_pub,
+            self._latency_pub,
+            self._diagnostics_pub,
+        )
+
+    def _start_io(self, config: NodeConfig) -> None:
+        """Subscriptions, timers and the inference worker: from here on the node works."""
+        previous = getattr(self, "_worker", None)
+        if previous is not None and previous.is_alive():
+            # The last frame's inference outlived close(): two workers would share the detector.
+            raise PeftdmlError(
+                "the previous inference has not finished yet; activate again once it has"
+            )
+        if self._slot.closed:  # a managed node activated again: a new hand-off
+            self._slot = FrameSlot(dropped=self._slot.dropped)
+        self._inputs = self._subscribe(config)
+        self._io_timers = [
+            self.create_timer(POLL_PERIOD_S, self._poll, clock=self._steady),
+            self.create_timer(
+                config.diagnostics_period_s, self._publish_diagnostics, clock=self._steady
+            ),
+        ]
+        self._worker = threading.Thread(
+            target=self._work, args=(self._slot,), name="peftdml-inference", daemon=True
+        )
+        self._worker.start()
+
+    def _stop_io(self) -> None:
+        """Undo _start_io: no message or timer callback from here on, then the worker finishes
+        its frame. Frames the synchronizer still holds are dropped (and counted as dropped): a
+        node activated again starts from new messages."""
+        for subscription in getattr(self, "_inputs", []):
+            self.destroy_subscription(subscription)
+        for timer in getattr(self, "_io_timers", []):
+            self.destroy_timer(timer)
+        self._inputs, self._io_timers = [], []
+        self.close()
+        with self._lock:
+            # As at start-up: no buffered message or last-heard time carries over the pause.
+            held = self._sync.restart(self.get_clock().now().nanoseconds)
+            self._slot.dropped += len(held)
+            self._last_report = None  # a paused node is not a stalled one
+
+    def _watch_parameters(self) -> None:
+        """Run-time parameter changes: checked as a whole configuration, then applied."""
         if hasattr(self, "add_post_set_parameters_callback"):  # Iron and later
             self.add_on_set_parameters_callback(params.ParameterChangeGuard(self))
             self.add_post_set_parameters_callback(self._apply_parameters)
         else:  # Humble: apply from the guard, once it accepted the whole new configuration
             guard = params.ParameterChangeGuard(self, on_accept=self._apply_config)
             self.add_on_set_parameters_callback(guard)
-        self._worker = threading.Thread(target=self._work, name="peftdml-inference", daemon=True)
-        self._worker.start()
-        self.get_logger().info(
-            f"peftdml_node ready: {len(config.sensors)} sensors, reference "
-            f"{config.reference_sensor}, backend {backend}, output frame {config.output_frame}"
+
+    def _summary(self, config: NodeConfig) -> str:
+        return (
+            f"{len(config.sensors)} sensors, reference {config.reference_sensor}, backend "
+            f"{self._pipeline.backend}, output frame {config.output_frame}"
         )
 
     # ------------------------------------------------------------------------- subscriptions
 
-    def _subscribe(self, config: NodeConfig) -> None:
+    def _subscribe(self, config: NodeConfig) -> list[Any]:
         qos = sensor_qos(config)
-        self.create_subscription(TFMessage, "/tf_static", self._on_tf_static, TF_STATIC_QOS)
+        made = [
+            self.create_subscription(TFMessage, "/tf_static", self._on_tf_static, TF_STATIC_QOS)
+        ]
         for spec in config.sensors:
             handler = self._handler(spec)
             msg_type = _message_type(spec)
-            self.create_subscription(msg_type, spec.topic, handler, qos)
+            made.append(self.create_subscription(msg_type, spec.topic, handler, qos))
             if spec.modality is Modality.CAMERA:
-                self.create_subscription(
-                    CameraInfo,
-                    spec.camera_info_topic,
-                    lambda msg, name=spec.name: self._on_camera_info(name, msg),
-                    qos,
+                made.append(
+                    self.create_subscription(
+                        CameraInfo,
+                        spec.camera_info_topic,
+                        lambda msg, name=spec.name: self._on_camera_info(name, msg),
+                        qos,
+                    )
                 )
+        return made
 
     def _handler(self, spec: SensorSpec) -> Callable[[Any], None]:
         def callback(msg: Any) -> None:
@@ -274,17 +427,28 @@ class PeftdmlNode(Node):
         return callback
 
     def _on_tf_static(self, msg: TFMessage) -> None:
-        try:
-            self._tf.add_message(msg)
-        except InputDataError as error:
-            self._warn_throttled("/tf_static", "bad_transform", str(error))
+        # Implausible transforms are left out one by one (the store keeps what it had); each is
+        # counted in the pipeline status as tf_static_rejected.<reason>.
+        for error in self._tf.add_message(msg):
+            reason = conversions.reason_key(error)
+            with self._lock:
+                counts = self._pipeline.tf_static_rejected
+                counts[reason] = counts.get(reason, 0) + 1
+            self._warn_throttled("/tf_static", reason, str(error))
 
     def _on_camera_info(self, name: str, msg: CameraInfo) -> None:
         try:
-            self._calibrations[name] = conversions.camera_info_to_calibration(msg)
+            calibration = conversions.camera_info_to_calibration(msg)
         except InputDataError as error:
-            spec = self._sensors[name].spec
-            self._reject(spec, error, topic=spec.camera_info_topic)
+            # The previous calibration (if any) stays in use; counted as
+            # camera_info_rejected.<reason> in the camera's status.
+            reason = conversions.reason_key(error)
+            with self._lock:
+                counts = self._sensors[name].health.camera_info_rejected
+                counts[reason] = counts.get(reason, 0) + 1
+            self._warn_throttled(self._sensors[name].spec.camera_info_topic, reason, str(error))
+            return
+        self._calibrations[name] = calibration
 
     def _on_message(self, spec: SensorSpec, msg: Any) -> None:
         receipt_ns = self._steady.now().nanoseconds
@@ -302,9 +466,10 @@ class PeftdmlNode(Node):
             # "unexpected" and warn with the exception, like any other rejection.
             self._reject(spec, UnexpectedInputError(f"{type(error).__name__}: {error}"))
             return
+        received = Received(payload, receipt_ns, self._steady.now().nanoseconds)
         with self._lock:
             self._accept(state, stamp_ns, now_ns)
-            frames = self._sync.add(spec.name, stamp_ns, Received(payload, receipt_ns), now_ns)
+            frames = self._sync.add(spec.name, stamp_ns, received, now_ns)
         self._hand_off(frames)
 
     def _convert(self, spec: SensorSpec, msg: Any, now_ns: int) -> tuple[Any, int]:
@@ -323,6 +488,7 @@ class PeftdmlNode(Node):
             return self._gnss.convert(msg), stamp_ns
         conversions.check_frame(msg.header.frame_id, spec.frame_id)
         ego_from_sensor = self._tf.lookup(config.output_frame, spec.frame_id)
+        plausibility.check_sensor_mount(ego_from_sensor, spec.frame_id)
         if modality is Modality.LIDAR:
             cloud = conversions.lidar_to_core(
                 msg, spec.name, ego_from_sensor, max_points=config.max_points
@@ -349,6 +515,7 @@ class PeftdmlNode(Node):
             calibration,
             ego_from_sensor,
             reduction=config.camera_decode_reduction,
+            max_pixels=config.max_image_pixels,
         )
         return image, stamp_ns
 
@@ -384,6 +551,10 @@ class PeftdmlNode(Node):
 
     # --------------------------------------------------------------------------------- frames
 
+    def _steady_now(self) -> int:
+        """The steady clock (ns) the timers run on; bounds the synchronizer's waits."""
+        return int(self._steady.now().nanoseconds)
+
     def _poll(self) -> None:
         now_ns = self.get_clock().now().nanoseconds
         if now_ns <= 0:
@@ -396,15 +567,16 @@ class PeftdmlNode(Node):
         for frame in frames:
             with self._lock:
                 self._pipeline.frames_synced += 1
-            self._slot.put(frame)
+            self._slot.put(frame, released_ns=self._steady.now().nanoseconds)
 
-    def _work(self) -> None:
-        while not self._slot.closed:
-            synced = self._slot.take(timeout_s=0.2)
+    def _work(self, slot: FrameSlot) -> None:
+        # The slot it was started with: a later activation's new slot belongs to a new worker.
+        while not slot.closed:
+            synced = slot.take(timeout_s=0.2)
             if synced is None:
                 continue
             try:
-                self._process(synced)
+                self._process(synced, slot.taken_released_ns)
             except PeftdmlError as error:
                 self._count_failure(synced, str(error))
             except Exception:  # the worker must outlive one bad frame
@@ -428,13 +600,17 @@ class PeftdmlNode(Node):
         )
         return any(p.get_subscription_count() > 0 for p in pubs)
 
-    def _process(self, synced: SyncedFrame) -> None:
+    def _process(self, synced: SyncedFrame, released_ns: int = 0) -> None:
+        taken_ns = self._steady.now().nanoseconds
+        released_ns = released_ns or taken_ns
         if not self._wanted():
             with self._lock:
                 self._pipeline.frames_skipped += 1
             return
         frame = build_frame(synced, self._config)
+        built_ns = self._steady.now().nanoseconds
         result = self._detector.detect(frame)
+        detected_ns = self._steady.now().nanoseconds
         header = Header(
             stamp=conversions.ns_to_stamp(synced.stamp_ns), frame_id=self._config.output_frame
         )
@@ -453,20 +629,55 @@ class PeftdmlNode(Node):
                 len(result.detections),
             )
         )
+        times_ns = (released_ns, taken_ns, built_ns, detected_ns)
+        self._record_latency(synced, result.timings_ms, header, times_ns)
+
+    def _record_latency(
+        self,
+        synced: SyncedFrame,
+        timings_ms: dict[str, float],
+        header: Header,
+        times_ns: tuple[int, int, int, int],
+    ) -> None:
+        """The frame's FrameLatency (steady clock; `latency` on the node clock): into the
+        /diagnostics windows, and onto ~/latency while someone listens.
+
+        times_ns: (released by the synchronizer, taken by the worker, frame assembled,
+        detector done), steady clock.
+        """
+        published_ns = self._steady.now().nanoseconds
+        now_ns = self.get_clock().now().nanoseconds
+        trigger = synced.items[synced.trigger_sensor]
+        clock = outputs.FrameClock(
+            trigger.receipt_ns, trigger.converted_ns or trigger.receipt_ns, *times_ns, published_ns
+        )
+        latency = outputs.frame_latency(clock, timings_ms, now_ns, synced.stamp_ns)
+        with self._lock:
+            self._stages.add(latency)
+        if self._latency_pub.get_subscription_count() > 0:
+            self._latency_pub.publish(
+                outputs.latency_message(
+                    header, latency, synced.trigger_sensor, self.get_fully_qualified_name()
+                )
+            )
 
     def _record(self, synced: SyncedFrame, result: Any) -> None:
-        now_ns = self.get_clock().now().nanoseconds
-        steady_ns = self._steady.now().nanoseconds
-        trigger = synced.items[synced.trigger_sensor]
         with self._lock:
             pipeline = self._pipeline
             pipeline.frames_published += 1
-            self._latency_ms.add((now_ns - synced.stamp_ns) / 1e6)
-            self._processing_ms.add((steady_ns - trigger.receipt_ns) / 1e6)
             total_ms = result.timings_ms.get("total_ms")
             if total_ms is not None:
                 self._inference_ms.add(float(total_ms))
             pipeline.normality_score = float(result.normality_score)
+            config = self._config
+            pipeline.normality = health.assess(
+                pipeline.normality_score,
+                self._health_calibration,
+                config.health_warn_percentile,
+                config.health_error_percentile,
+            )
+            pipeline.health_warn_percentile = config.health_warn_percentile
+            pipeline.health_error_percentile = config.health_error_percentile
             pipeline.last_trigger = synced.trigger_sensor
             pipeline.last_modalities = ",".join(
                 m.value for m, present in synced.modality_present.items() if present
@@ -494,14 +705,24 @@ class PeftdmlNode(Node):
                 )
                 health.rate_hz = _rate_hz(state.arrivals_ns) if health.present else 0.0
                 sensors.append(
-                    outputs.SensorHealth(**{**health.__dict__, "rejected": dict(health.rejected)})
+                    dataclasses.replace(
+                        health,
+                        rejected=dict(health.rejected),
+                        camera_info_rejected=dict(health.camera_info_rejected),
+                    )
                 )
             pipeline = outputs.PipelineHealth(**self._pipeline.__dict__)
+            pipeline.tf_static_rejected = dict(self._pipeline.tf_static_rejected)
             pipeline.frames_dropped = self._slot.dropped
-            pipeline.latency_p50_ms = self._latency_ms.percentile(50)
-            pipeline.latency_p99_ms = self._latency_ms.percentile(99)
-            pipeline.processing_p50_ms = self._processing_ms.percentile(50)
-            pipeline.processing_p99_ms = self._processing_ms.percentile(99)
+            sync_stats = self._sync.stats()
+            pipeline.frames_steady_deadline = sync_stats.frames_steady_deadline
+            pipeline.clock_jumps_back = sync_stats.clock_jumps_back
+            p50, p99 = self._stages.percentiles(50), self._stages.percentiles(99)
+            pipeline.latency_p50_ms, pipeline.latency_p99_ms = p50["latency"], p99["latency"]
+            pipeline.processing_p50_ms = p50["processing"]
+            pipeline.processing_p99_ms = p99["processing"]
+            pipeline.stage_p50_ms = {stage: p50[stage] for stage in outputs.LATENCY_STAGES}
+            pipeline.stage_p99_ms = {stage: p99[stage] for stage in outputs.LATENCY_STAGES}
             pipeline.inference_p50_ms = self._inference_ms.percentile(50)
         missing = sorted(
             s.frame_id
@@ -525,6 +746,36 @@ class PeftdmlNode(Node):
                 header, sensors, pipeline, hardware_id=self.get_fully_qualified_name()
             )
         )
+
+    def _load_health_calibration(self, config: NodeConfig) -> health.HealthCalibration | None:
+        """The model's clean-score calibration (core/health.py), said once at start. Without
+        one (or with an unreadable one) the normality status says so and stays OK. The status
+        shows the thresholds from the start (each frame's assessment updates them)."""
+        self._pipeline.health_warn_percentile = config.health_warn_percentile
+        self._pipeline.health_error_percentile = config.health_error_percentile
+        try:
+            calibration = health.load_calibration(config.model_path)
+        except ModelArtifactError as error:
+            self._pipeline.normality_calibration = "unusable"
+            self.get_logger().error(
+                f"the model's health calibration cannot be used ({error}); /diagnostics reports "
+                "the raw normality score with no level"
+            )
+            return None
+        if calibration is None:
+            self._pipeline.normality_calibration = "none"
+            if config.model_path:
+                self.get_logger().warning(
+                    f"{config.model_path} carries no health calibration: /diagnostics reports "
+                    "the raw normality score with no level (calibrate it with `peftdml "
+                    "calibrate`, see docs/model.md)"
+                )
+            return None
+        data = calibration.dataset
+        text = f"{calibration.frames} clean keyframes of {data.get('name', '?')}"
+        self._pipeline.normality_calibration = text
+        self.get_logger().info(f"normality score calibrated on {text}")
+        return calibration
 
     def _check_training_data(self, config: NodeConfig) -> None:
         """Warn, once and loudly, where the frames this node builds differ from those the model
@@ -559,11 +810,14 @@ class PeftdmlNode(Node):
         self.get_logger().info(f"parameters changed: {names}")
 
     def _apply_config(self, config: NodeConfig) -> None:
+        if self._detector is None:  # a managed node, unconfigured: configure reads them all
+            return
         with self._lock:
             self._config = config
             self._sync.update_config(
                 slop_ns={m: int(v * NS_PER_S) for m, v in config.slop_s.items()},
                 deadline_ns=int(config.deadline_s * NS_PER_S),
+                steady_deadline_ns=int(config.steady_deadline_s * NS_PER_S),
             )
         self._detector.update_thresholds(
             score_threshold=config.score_threshold,
@@ -583,6 +837,10 @@ class PeftdmlNode(Node):
             slot.close()
         if worker is not None:
             worker.join(timeout=10.0)
+            if worker.is_alive():  # a frame slower than that: say so, the node goes anyway
+                self.get_logger().warning(
+                    "the inference worker did not finish its frame within 10 s; stopping anyway"
+                )
 
     def destroy_node(self) -> None:
         self.close()
@@ -672,22 +930,28 @@ def _wants_help(argv: Sequence[str]) -> bool:
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    """Console script `peftdml_node` (args: like sys.argv); owns rclpy init/shutdown; Ctrl-C is
-    a normal exit (0); a configuration error exits 2.
+    """Console script `peftdml_node` (args: like sys.argv); owns rclpy init/shutdown and the
+    process's SIGINT/SIGTERM handling: either is a normal exit (0), repeats included; a
+    configuration error exits 2.
     """
     argv = list(sys.argv if args is None else args)
     if _wants_help(argv[1:]):
         print(USAGE.format(params=params.default_params_file()))
         return 0
-    rclpy.init(args=argv)
+    # Our handlers instead of rclpy's, whose context shutdown from another thread races the
+    # executor (stop_signals.py says why).
+    stop = StopSignals().install()
     node: PeftdmlNode | None = None
     try:
+        rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
         # The executor first: a Ctrl-C right after "ready" must not land in its constructor,
         # which would leave rclpy a half-built executor to complain about at exit.
         executor = SingleThreadedExecutor()
         node = PeftdmlNode()
+        if node.build_only_done:
+            return 0
         executor.add_node(node)
-        executor.spin()
+        stop.spin(executor)  # until SIGINT or SIGTERM
     except ConfigError as error:
         print(f"peftdml_node: configuration error: {error}", file=sys.stderr)
         return 2
@@ -697,9 +961,13 @@ def main(args: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # The frame in progress finishes and the node is destroyed whatever arrives meanwhile
+        # (launch forwards the terminal's Ctrl-C, then sends SIGTERM): no second interrupt.
+        stop.interrupt_main = False
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        stop.ignore_from_now()
     return 0
 
 

@@ -17,16 +17,20 @@ frame_id = the configured output frame.
   the center along the velocity (ns "velocity"); marker id = detection index.
 - `~/frame_status` diagnostic_msgs/DiagnosticArray per published frame: trigger sensor and
   the presence of every sensor and modality (same header as the detections).
+- `~/latency` diagnostic_msgs/DiagnosticArray per published frame: where its time went, stage
+  by stage (FrameLatency; same header as the detections).
 - `/diagnostics` diagnostic_msgs/DiagnosticArray: one status per sensor and one for the
   pipeline (keys in docs/node.md).
 """
 
 from __future__ import annotations
 
+import array
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +42,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from peftdml_ros.core import model_io
 from peftdml_ros.core import pointcloud as core_pc
+from peftdml_ros.core.health import HealthAssessment, HealthLevel
 from peftdml_ros.core.types import NUSCENES_CLASSES, Detections, Modality
 
 # Boxes slower than this get no velocity arrow in ~/markers, m/s.
@@ -99,8 +104,8 @@ def properties_cloud(detections: Detections, header: Header) -> PointCloud2:
 
 
 def pointcloud2_message(packed: core_pc.PackedCloud, header: Header) -> PointCloud2:
-    """A sensor_msgs/PointCloud2 carrying the core's packed cloud."""
-    return PointCloud2(
+    """A sensor_msgs/PointCloud2 carrying the core's packed cloud (one copy of its bytes)."""
+    msg = PointCloud2(
         header=header,
         height=packed.height,
         width=packed.width,
@@ -111,9 +116,26 @@ def pointcloud2_message(packed: core_pc.PackedCloud, header: Header) -> PointClo
         is_bigendian=packed.is_bigendian,
         point_step=packed.point_step,
         row_step=packed.row_step,
-        data=packed.data,
         is_dense=packed.is_dense,
     )
+    set_uint8_data(msg, packed.data)
+    return msg
+
+
+def set_uint8_data(msg: Any, data: bytes | memoryview) -> None:
+    """msg.data (a uint8[] field) <- the bytes of `data`, copied once.
+
+    rclpy keeps uint8[] fields as array.array("B"). Its setter copies an array it is given a
+    second time (and, with ROS_PYTHON_CHECK_FIELDS=1, walks a bytes object element by element
+    in Python), so the array is stored in the field's slot directly, as sensor_msgs_py's
+    create_cloud does; a message class without that slot goes through the setter.
+    """
+    buffer = array.array("B")
+    buffer.frombytes(data)
+    if "_data" in getattr(type(msg), "__slots__", ()):
+        msg._data = buffer
+    else:
+        msg.data = buffer
 
 
 # ------------------------------------------------------------------------------------- markers
@@ -210,6 +232,115 @@ class LatencyWindow:
         return len(self._values)
 
 
+# Where a published frame's time went, in pipeline order (keys of ~/latency and, as
+# stage.<name>_p50_ms / _p99_ms, of the pipeline status). docs/node.md names each clock.
+LATENCY_STAGES: tuple[str, ...] = (
+    "conversion", "sync_wait", "queue", "preprocess", "inference", "decode", "publish",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FrameLatency:
+    """One published frame's times, ms.
+
+    stages_ms (steady clock, wall time that neither sim time nor a clock jump bends):
+      conversion  the trigger message's callback: received -> converted to core types;
+      sync_wait   converted -> released by the synchronizer (waiting for the other sensors, at
+                  most sync.deadline_s of node time);
+      queue       released -> taken by the inference worker (it was busy with an older frame);
+      preprocess  the frame assembled (build_frame) and preprocessed by the detector;
+      inference   the engine; decode: peaks, boxes, NMS;
+      publish     the output messages built and published.
+    processing_ms: received -> published (steady clock): the sum of the stages, up to the few
+      microseconds between them that no stage counts.
+    latency_ms: node clock at publish - the trigger's header stamp; under use_sim_time the
+      node clock is /clock, so this is sim time (replay at half speed doubles it in wall time).
+    """
+
+    stages_ms: Mapping[str, float]
+    processing_ms: float
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class FrameClock:
+    """Steady-clock instants (ns) of one frame on its way through the node, in order."""
+
+    received_ns: int  # the trigger message reached its callback
+    converted_ns: int  # its conversion ended
+    released_ns: int  # the synchronizer released the frame
+    taken_ns: int  # the inference worker took it
+    built_ns: int  # the core Frame was assembled (build_frame)
+    detected_ns: int  # the detector returned
+    published_ns: int  # the outputs were published
+
+
+def frame_latency(
+    clock: FrameClock, timings_ms: Mapping[str, float], now_ns: int, stamp_ns: int
+) -> FrameLatency:
+    """FrameLatency from the frame's steady-clock instants, the detector's own timings
+    (preprocess_ms, inference_ms, decode_ms) and, for `latency_ms`, the node clock at publish
+    (`now_ns`) and the trigger stamp."""
+    stages_ms = {
+        "conversion": (clock.converted_ns - clock.received_ns) / 1e6,
+        "sync_wait": (clock.released_ns - clock.converted_ns) / 1e6,
+        "queue": (clock.taken_ns - clock.released_ns) / 1e6,
+        "preprocess": (clock.built_ns - clock.taken_ns) / 1e6
+        + float(timings_ms.get("preprocess_ms", 0.0)),
+        "inference": float(timings_ms.get("inference_ms", 0.0)),
+        "decode": float(timings_ms.get("decode_ms", 0.0)),
+        "publish": (clock.published_ns - clock.detected_ns) / 1e6,
+    }
+    return FrameLatency(
+        stages_ms=stages_ms,
+        processing_ms=(clock.published_ns - clock.received_ns) / 1e6,
+        latency_ms=(now_ns - stamp_ns) / 1e6,
+    )
+
+
+class StageWindows:
+    """A LatencyWindow per stage of FrameLatency, plus processing and latency."""
+
+    def __init__(self, size: int = 500) -> None:
+        names = (*LATENCY_STAGES, "processing", "latency")
+        self._windows = {name: LatencyWindow(size) for name in names}
+
+    def add(self, frame: FrameLatency) -> None:
+        for name, value_ms in frame.stages_ms.items():
+            self._windows[name].add(value_ms)
+        self._windows["processing"].add(frame.processing_ms)
+        self._windows["latency"].add(frame.latency_ms)
+
+    def percentiles(self, q: float) -> dict[str, float | None]:
+        """{stage: the q-th percentile over the window} (None before the first frame)."""
+        return {name: window.percentile(q) for name, window in self._windows.items()}
+
+
+def latency_message(
+    header: Header, frame: FrameLatency, trigger_sensor: str, hardware_id: str
+) -> DiagnosticArray:
+    """`~/latency`: one frame's FrameLatency as a DiagnosticArray (same header as the frame's
+    detections), readable with `ros2 topic echo`. One status "<node>: latency" with keys
+    <stage>_ms for every LATENCY_STAGES entry, processing_ms, latency_ms and trigger."""
+    values = [
+        KeyValue(key=f"{name}_ms", value=f"{frame.stages_ms.get(name, float('nan')):.3f}")
+        for name in LATENCY_STAGES
+    ]
+    values += [
+        KeyValue(key="processing_ms", value=f"{frame.processing_ms:.3f}"),
+        KeyValue(key="latency_ms", value=f"{frame.latency_ms:.3f}"),
+        KeyValue(key="trigger", value=trigger_sensor),
+    ]
+    status = DiagnosticStatus(
+        level=DiagnosticStatus.OK,
+        name=f"{_status_prefix(hardware_id)}: latency",
+        message="ms per stage (steady clock); latency_ms: node clock at publish - stamp",
+        hardware_id=hardware_id,
+        values=values,
+    )
+    return DiagnosticArray(header=header, status=[status])
+
+
 @dataclass
 class SensorHealth:
     """What the node knows about one sensor, for diagnostics."""
@@ -224,6 +355,8 @@ class SensorHealth:
     present: bool = False
     rejected: dict[str, int] = field(default_factory=dict)
     last_rejection: str = ""
+    # CameraInfo messages refused per reason (cameras): the previous calibration stays in use.
+    camera_info_rejected: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -236,6 +369,10 @@ class PipelineHealth:
     frames_published: int = 0
     frames_dropped: int = 0  # replaced by a newer frame before inference started
     frames_skipped: int = 0  # no subscriber, inference skipped
+    # Time faults (docs/sync.md): frames the steady-clock deadline released while the node
+    # clock stood still or crawled, and node-clock jumps back that restarted the synchronizer.
+    frames_steady_deadline: int = 0
+    clock_jumps_back: int = 0
     inference_errors: int = 0
     # Since the previous diagnostics report: a status reflects now, not the node's whole life.
     recent_inference_errors: int = 0
@@ -245,11 +382,23 @@ class PipelineHealth:
     processing_p50_ms: float | None = None
     processing_p99_ms: float | None = None
     inference_p50_ms: float | None = None
+    # Per LATENCY_STAGES entry, over the last frames (StageWindows): published as
+    # stage.<name>_p50_ms / stage.<name>_p99_ms.
+    stage_p50_ms: dict[str, float | None] = field(default_factory=dict)
+    stage_p99_ms: dict[str, float | None] = field(default_factory=dict)
     normality_score: float | None = None
+    # The last frame's sensor-health assessment (core/health.py; None before the first frame)
+    # and what the model's calibration is, for the normality status.
+    normality: HealthAssessment | None = None
+    normality_calibration: str = ""
+    health_warn_percentile: float | None = None
+    health_error_percentile: float | None = None
     last_trigger: str = ""
     last_modalities: str = ""
     last_sensors_present: str = ""
     transforms_missing: str = ""
+    # /tf_static transforms refused per reason (each refused transform counted once).
+    tf_static_rejected: dict[str, int] = field(default_factory=dict)
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -282,6 +431,10 @@ def sensor_status(health: SensorHealth, hardware_id: str) -> DiagnosticStatus:
         KeyValue(key=f"rejected.{reason}", value=str(count))
         for reason, count in sorted(health.rejected.items())
     ]
+    values += [
+        KeyValue(key=f"camera_info_rejected.{reason}", value=str(count))
+        for reason, count in sorted(health.camera_info_rejected.items())
+    ]
     return DiagnosticStatus(
         level=level,
         name=f"{_status_prefix(hardware_id)}: sensor {health.name}",
@@ -313,6 +466,8 @@ def pipeline_status(health: PipelineHealth, hardware_id: str) -> DiagnosticStatu
         KeyValue(key="frames_published", value=str(health.frames_published)),
         KeyValue(key="frames_dropped", value=str(health.frames_dropped)),
         KeyValue(key="frames_skipped_no_subscriber", value=str(health.frames_skipped)),
+        KeyValue(key="frames_released_steady_deadline", value=str(health.frames_steady_deadline)),
+        KeyValue(key="clock_jumps_back", value=str(health.clock_jumps_back)),
         KeyValue(key="inference_errors", value=str(health.inference_errors)),
         KeyValue(key="latency_p50_ms", value=_fmt(health.latency_p50_ms)),
         KeyValue(key="latency_p99_ms", value=_fmt(health.latency_p99_ms)),
@@ -325,6 +480,15 @@ def pipeline_status(health: PipelineHealth, hardware_id: str) -> DiagnosticStatu
         KeyValue(key="last_sensors_present", value=health.last_sensors_present),
         KeyValue(key="transforms_missing", value=health.transforms_missing),
     ]
+    values += [
+        KeyValue(key=f"tf_static_rejected.{reason}", value=str(count))
+        for reason, count in sorted(health.tf_static_rejected.items())
+    ]
+    for stage in LATENCY_STAGES:
+        values += [
+            KeyValue(key=f"stage.{stage}_p50_ms", value=_fmt(health.stage_p50_ms.get(stage))),
+            KeyValue(key=f"stage.{stage}_p99_ms", value=_fmt(health.stage_p99_ms.get(stage))),
+        ]
     return DiagnosticStatus(
         level=level,
         name=f"{_status_prefix(hardware_id)}: pipeline",
@@ -343,7 +507,42 @@ def diagnostics(
     array = DiagnosticArray(header=stamp_header)
     array.status = [pipeline_status(pipeline, hardware_id)]
     array.status += [sensor_status(s, hardware_id) for s in sensors]
+    array.status.append(normality_status(pipeline, hardware_id))
     return array
+
+
+def normality_status(health: PipelineHealth, hardware_id: str) -> DiagnosticStatus:
+    """The "<node>: normality" status: the last frame's sensor-health level (core/health.py): OK,
+    WARN below health_warn_percentile, ERROR below health_error_percentile of the clean
+    calibration frames; OK with a message without a frame yet or without calibration. Keys: the
+    raw normality_score, its normality_percentile, the thresholds and the calibration."""
+    assessment = health.normality
+    if assessment is None:
+        level, message, percentile = HealthLevel.OK, "no frame scored yet", None
+    else:
+        level, message, percentile = assessment.level, assessment.message, assessment.percentile
+    values = [
+        KeyValue(key="normality_score", value=_fmt(health.normality_score, 3)),
+        KeyValue(key="normality_percentile", value=_fmt(percentile, 2)),
+        KeyValue(key="level", value=level.name),
+        KeyValue(key="warn_percentile", value=_fmt(health.health_warn_percentile, 2)),
+        KeyValue(key="error_percentile", value=_fmt(health.health_error_percentile, 2)),
+        KeyValue(key="calibration", value=health.normality_calibration or "none"),
+    ]
+    return DiagnosticStatus(
+        level=_DIAGNOSTIC_LEVEL[level],
+        name=f"{_status_prefix(hardware_id)}: normality",
+        message=message,
+        hardware_id=hardware_id,
+        values=values,
+    )
+
+
+_DIAGNOSTIC_LEVEL = {
+    HealthLevel.OK: DiagnosticStatus.OK,
+    HealthLevel.WARN: DiagnosticStatus.WARN,
+    HealthLevel.ERROR: DiagnosticStatus.ERROR,
+}
 
 
 def frame_status(

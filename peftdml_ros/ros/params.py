@@ -96,9 +96,12 @@ class NodeConfig:
     reference_timeout_s: float
     gnss_staleness_s: float
     buffer_size: int
+    steady_deadline_s: float
+    jump_back_threshold_s: float
     max_stamp_age_s: float
     max_stamp_future_s: float
     max_points: int
+    max_image_pixels: int
     camera_decode_reduction: int
     warn_throttle_s: float
     backend: str
@@ -107,8 +110,12 @@ class NodeConfig:
     score_threshold: float
     nms_iou_threshold: float
     max_detections: int
+    precision: str
+    build_only: bool
     skip_inference_without_subscribers: bool
     diagnostics_period_s: float
+    health_warn_percentile: float
+    health_error_percentile: float
     sensors: tuple[SensorSpec, ...]
 
     def sensor(self, name: str) -> SensorSpec:
@@ -299,6 +306,16 @@ def declare_parameters(node: Node) -> NodeConfig:
     Raises MissingParameterError naming every parameter without a value, or
     InvalidParameterError for a wrong type, range or cross-field rule.
     """
+    return config_from_flat(declare_values(node))
+
+
+def declare_values(node: Node) -> dict[str, Any]:
+    """Declare every parameter on `node` and return {dotted name: value}, not yet checked
+    against the schema and the cross-field rules (a managed node checks them at configure).
+
+    Raises MissingParameterError naming every parameter without a value, or
+    InvalidParameterError for a wrong type or range (the parameter interface needs those).
+    """
     missing: list[str] = []
     flat: dict[str, Any] = {}
     for spec in fixed_parameters():
@@ -320,7 +337,7 @@ def declare_parameters(node: Node) -> NodeConfig:
             f"parameters file only: run it with --ros-args --params-file {PARAMS_FILE} "
             f"(the package's is {default_params_file()}) and add any missing entry there"
         )
-    return config_from_flat(flat)
+    return flat
 
 
 def _modality(name: str, value: Any) -> Modality:
@@ -388,9 +405,12 @@ def config_from_flat(flat: Mapping[str, Any]) -> NodeConfig:
         reference_timeout_s=tree["sync"]["reference_timeout_s"],
         gnss_staleness_s=tree["sync"]["gnss_staleness_s"],
         buffer_size=tree["sync"]["buffer_size"],
+        steady_deadline_s=tree["sync"]["steady_deadline_s"],
+        jump_back_threshold_s=tree["sync"]["jump_back_threshold_s"],
         max_stamp_age_s=tree["input"]["max_stamp_age_s"],
         max_stamp_future_s=tree["input"]["max_stamp_future_s"],
         max_points=tree["input"]["max_points"],
+        max_image_pixels=tree["input"]["max_image_pixels"],
         camera_decode_reduction=tree["input"]["camera_decode_reduction"],
         warn_throttle_s=tree["input"]["warn_throttle_s"],
         backend=tree["detector"]["backend"],
@@ -399,11 +419,16 @@ def config_from_flat(flat: Mapping[str, Any]) -> NodeConfig:
         score_threshold=tree["detector"]["score_threshold"],
         nms_iou_threshold=tree["detector"]["nms_iou_threshold"],
         max_detections=tree["detector"]["max_detections"],
+        precision=tree["detector"]["precision"],
+        build_only=tree["detector"]["build_only"],
         skip_inference_without_subscribers=tree["skip_inference_without_subscribers"],
         diagnostics_period_s=tree["diagnostics_period_s"],
+        health_warn_percentile=tree["health_warn_percentile"],
+        health_error_percentile=tree["health_error_percentile"],
         sensors=sensors,
     )
     check_rig(config)
+    check_time_limits(config)
     return config
 
 
@@ -416,6 +441,16 @@ def _sensor_spec(name: str, entry: Mapping[str, Any]) -> SensorSpec:
         camera_info_topic=entry.get("camera_info_topic", ""),
         compressed=entry.get("compressed", True),
     )
+
+
+def check_time_limits(config: NodeConfig) -> None:
+    """The steady-clock bound on a frame's wait must not undercut the node-clock deadline."""
+    if config.steady_deadline_s < config.deadline_s:
+        raise InvalidParameterError(
+            f"sync.steady_deadline_s {config.steady_deadline_s} is below sync.deadline_s "
+            f"{config.deadline_s}: on a clock at real speed it would cut every wait short; "
+            "raise sync.steady_deadline_s (at least deadline_s / the slowest replay rate)"
+        )
 
 
 def check_rig(config: NodeConfig) -> None:
@@ -448,6 +483,12 @@ def check_rig(config: NodeConfig) -> None:
     doubled = sorted({t for t in topics if topics.count(t) > 1})
     if doubled:
         raise InvalidParameterError(f"topic(s) {doubled} are used by more than one sensor")
+    if config.health_error_percentile > config.health_warn_percentile:
+        raise InvalidParameterError(
+            f"health_error_percentile {config.health_error_percentile} is above "
+            f"health_warn_percentile {config.health_warn_percentile}: ERROR must be the rarer "
+            "level"
+        )
 
 
 # ------------------------------------------------------------------------------ run-time changes

@@ -90,18 +90,27 @@ def plot_timeline(
     modalities: Sequence[str],
     detections: Sequence[int],
     dropouts: Sequence[tuple[str, float, float]] = (),
+    latencies_ms: Sequence[float | None] | None = None,
+    latency_label: str = "latency (ms)",
     title: str = "",
 ) -> Path:
     """One column per published frame: which sensor triggered it, which modalities it held,
-    and how many detections it gave; shaded spans mark rehearsed sensor dropouts."""
+    and how many detections it gave; shaded spans mark rehearsed sensor dropouts.
+
+    latencies_ms, when given: a third panel with each frame's latency (None: not measured),
+    its axis labelled `latency_label`.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     modality_rows = ("lidar", "radar", "camera", "imu", "gnss")
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(11, 5.5), dpi=110, sharex=True,
-                                         gridspec_kw={"height_ratios": [2, 1]})  # fmt: skip
+    ratios = [2, 1] if latencies_ms is None else [2, 1, 1]
+    figure, panels = plt.subplots(len(ratios), 1, figsize=(11, 2.75 * sum(ratios) / 1.5),
+                                  dpi=110, sharex=True,
+                                  gridspec_kw={"height_ratios": ratios})  # fmt: skip
+    top, bottom = panels[0], panels[1]
     trigger_names = sorted(set(triggers))
     for row, modality in enumerate(modality_rows):
         xs = [t for t, present in zip(times_s, modalities, strict=True)
@@ -115,11 +124,19 @@ def plot_timeline(
     top.legend(loc="upper right", fontsize=7)
     bottom.plot(times_s, detections, ".-", linewidth=0.8, markersize=3)
     bottom.set_ylabel("detections")
-    bottom.set_xlabel("bag time (s)")
+    if latencies_ms is not None:
+        measured = [(t, v) for t, v in zip(times_s, latencies_ms, strict=True) if v is not None]
+        panels[2].plot([t for t, _ in measured], [v for _, v in measured], ".", markersize=3,
+                       color="#9467bd")  # fmt: skip
+        panels[2].set_ylabel(latency_label, fontsize=8)
+        panels[2].set_ylim(bottom=0)
+    panels[-1].set_xlabel("bag time (s)")
     for topic, start_s, end_s in dropouts:
-        for axes in (top, bottom):
+        for axes in panels:
             axes.axvspan(start_s, end_s, color="#d62728", alpha=0.12)
-        top.annotate(f"{topic} silenced", (start_s, -0.8), fontsize=7, color="#d62728")
+        # In axes-fraction height, so the label stays inside the panel whatever its y range.
+        bottom.annotate(f" {topic} silenced", (start_s, 0.97), xycoords=("data", "axes fraction"),
+                        va="top", fontsize=7, color="#d62728")  # fmt: skip
     top.set_title(title)
     figure.tight_layout()
     figure.savefig(path)

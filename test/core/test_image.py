@@ -137,3 +137,29 @@ def test_raw_errors_name_the_problem() -> None:
         im.decode_raw(SimpleNamespace(**{**vars(msg), "step": 8}))
     with pytest.raises(im.ImageLayoutError, match="truncated"):
         im.decode_raw(SimpleNamespace(**{**vars(msg), "data": msg.data[:-1]}))
+
+
+def test_exif_orientation_is_ignored_so_pixels_match_the_camera_info() -> None:
+    import io
+
+    from PIL import Image
+
+    from peftdml_ros.core.image import decode_compressed
+
+    pixels = np.zeros((16, 32, 3), np.uint8)
+    pixels[:, :8] = 255
+    picture = Image.fromarray(pixels)
+    exif = picture.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees to display"
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", exif=exif.tobytes())
+    from pathlib import Path
+
+    from peftdml_ros.data.nuscenes_reader import decode_jpeg
+
+    for reduction in (1, 2):
+        decoded = decode_compressed(buffer.getvalue(), reduction=reduction)
+        assert decoded.shape == (16 // reduction, 32 // reduction, 3)
+        # Training reads dataset JPEGs through the same decode: the same pixels.
+        from_dataset = decode_jpeg(buffer.getvalue(), reduction, Path("x.jpg"))
+        assert np.array_equal(from_dataset, decoded)

@@ -389,6 +389,155 @@ def test_clock_going_backwards_releases_pending_frames() -> None:
     sync.add("lidar", 0, "l0", 5_000 * MS)
     (frame,) = sync.poll(10 * MS)  # /clock was reset
     assert frame.items == {"lidar": "l0"}
+    assert sync.stats().clock_jumps_back == 1
+
+
+# ------------------------------------------------------------------------------- time faults
+
+
+class _SteadyClock:
+    """A monotonic clock (ns) that the test moves by hand: no sleeps, no wall time."""
+
+    def __init__(self, now_ns: int = 0) -> None:
+        self.now_ns = now_ns
+
+    def __call__(self) -> int:
+        return self.now_ns
+
+
+def _steady_sync(
+    clock: _SteadyClock, sensors: list[SyncSensor] | None = None, **config: Any
+) -> FrameSynchronizer:
+    params: dict[str, Any] = {
+        "deadline_ns": 100 * MS,
+        "period_jitter": 1.0,
+        "steady_deadline_ns": 500 * MS,
+    }
+    params.update(config)
+    return FrameSynchronizer(sensors or _rig(), SyncConfig(**params), steady_clock_ns=clock)
+
+
+def test_stopped_clock_releases_a_waiting_frame_at_its_steady_deadline() -> None:
+    steady = _SteadyClock(1_000 * MS)
+    sync = _steady_sync(steady)
+    sync.add("cam", -100 * MS, "c-old", 0)  # the camera is alive: the frame waits for it
+    assert sync.add("lidar", 0, "l0", 1 * MS) == []
+    steady.now_ns += 499 * MS  # /clock stopped: the caller's clock stays at 1 ms
+    assert sync.poll(1 * MS) == []
+    steady.now_ns += 1 * MS
+    (frame,) = sync.poll(1 * MS)
+    assert frame.items == {"lidar": "l0"} and frame.waited_to_deadline
+    assert frame.sensor_present == {"lidar": True, "cam": False}
+    stats = sync.stats()
+    assert (stats.frames_steady_deadline, stats.frames_waited_to_deadline) == (1, 1)
+    assert stats.pending_frames == 0 and stats.flat()["frames_steady_deadline"] == 1
+
+
+def test_steady_deadline_counts_from_each_frame_and_add_releases_too() -> None:
+    steady = _SteadyClock()
+    sync = _steady_sync(steady)
+    sync.add("cam", -100 * MS, "c-old", 0)
+    sync.add("lidar", 0, "l0", 0)
+    steady.now_ns = 300 * MS
+    sync.add("lidar", 50 * MS, "l1", 0)  # the clock is frozen at 0 for both frames
+    steady.now_ns = 500 * MS
+    # Any call releases what expired; the second frame has 300 ms of steady time left.
+    (first,) = sync.add("lidar", 100 * MS, "l2", 0)
+    assert first.items == {"lidar": "l0"}
+    steady.now_ns = 799 * MS
+    assert sync.poll(0) == []
+    steady.now_ns = 800 * MS
+    assert [f.items["lidar"] for f in sync.poll(0)] == ["l1"]
+    assert sync.stats().frames_steady_deadline == 2
+
+
+def test_a_clock_at_real_speed_reaches_the_deadline_before_the_steady_one() -> None:
+    steady = _SteadyClock()
+    sync = _steady_sync(steady, steady_deadline_ns=100 * MS)  # the smallest allowed
+    sync.add("cam", -100 * MS, "c-old", 0)
+    sync.add("lidar", 0, "l0", 0)
+    steady.now_ns = 100 * MS
+    (frame,) = sync.poll(100 * MS)
+    assert frame.waited_to_deadline
+    stats = sync.stats()
+    assert (stats.frames_steady_deadline, stats.frames_waited_to_deadline) == (0, 1)
+
+
+def test_a_complete_frame_is_not_counted_as_released_by_the_steady_deadline() -> None:
+    steady = _SteadyClock()
+    sync = _steady_sync(steady)
+    sync.add("cam", -100 * MS, "c-old", 0)
+    sync.add("lidar", 0, "l0", 0)
+    steady.now_ns = 10_000 * MS
+    (frame,) = sync.add("cam", 5 * MS, "c0", 0)  # arrives late in real time, clock stopped
+    assert frame.items == {"lidar": "l0", "cam": "c0"} and not frame.waited_to_deadline
+    assert sync.stats().frames_steady_deadline == 0
+
+
+def test_steady_deadline_below_the_deadline_is_refused_with_a_steady_clock_only() -> None:
+    config = SyncConfig(deadline_ns=300 * MS, steady_deadline_ns=200 * MS)
+    FrameSynchronizer(_rig(), config)  # no steady clock: the steady deadline is not used
+    with pytest.raises(ConfigError, match="steady_deadline_ns 200000000 is below deadline_ns"):
+        FrameSynchronizer(_rig(), config, steady_clock_ns=_SteadyClock())
+    sync = _steady_sync(_SteadyClock())
+    with pytest.raises(ConfigError, match="raise steady_deadline_ns"):
+        sync.update_config(deadline_ns=600 * MS)
+    with pytest.raises(ConfigError, match="steady_deadline_ns = -1"):
+        sync.update_config(steady_deadline_ns=-1)
+    assert sync.config.steady_deadline_ns == 500 * MS
+
+
+def test_update_config_changes_the_steady_deadline_of_pending_frames() -> None:
+    steady = _SteadyClock()
+    sync = _steady_sync(steady)
+    sync.add("cam", -100 * MS, "c-old", 0)
+    sync.add("lidar", 0, "l0", 0)
+    steady.now_ns = 200 * MS
+    assert sync.poll(0) == []
+    sync.update_config(steady_deadline_ns=150 * MS)
+    assert len(sync.poll(0)) == 1
+
+
+def test_clock_jump_back_emits_pending_frames_and_starts_over() -> None:
+    steady = _SteadyClock()
+    sync = _steady_sync(steady, jump_back_threshold_ns=1_000 * MS)
+    sync.add("cam", 19_990 * MS, "c-old", 19_995 * MS)
+    assert sync.add("lidar", 20_000 * MS, "l-end", 20_000 * MS) == []
+    # Sim time restarts (bag loop): the pending frame goes out with what it held.
+    (old,) = sync.poll(10 * MS)
+    assert old.items == {"lidar": "l-end", "cam": "c-old"}
+    stats = sync.stats()
+    assert (stats.clock_jumps_back, stats.resets, stats.pending_frames) == (1, 0, 0)
+    assert stats.sensors["cam"].buffered == 0  # c-old served its frame and is gone
+    # As at start-up: the camera, heard only before the jump, is not waited for ...
+    (new,) = sync.add("lidar", 0, "l-start", 20 * MS)
+    assert new.items == {"lidar": "l-start"} and not new.waited_to_deadline
+    # ... and the reference silence is measured on the new timeline: the camera triggers
+    # once the LiDAR is silent for reference_timeout (300 ms) after its last message.
+    sync.add("cam", 300 * MS, "c1", 310 * MS)
+    assert sync.add("cam", 340 * MS, "c2", 330 * MS) == []  # waits for the LiDAR a while
+    (fallback,) = sync.poll(430 * MS)
+    assert fallback.trigger_sensor == "cam" and fallback.items == {"cam": "c2"}
+
+
+def test_clock_jump_back_forgets_arrivals_that_would_look_recent() -> None:
+    sync = _sync(jump_back_threshold_ns=1_000 * MS, sensor_timeout_ns=200 * MS)
+    sync.add("cam", 4_950 * MS, "c-old", 5_000 * MS)
+    sync.poll(5_000 * MS)
+    # Without forgetting, the camera's arrival at 5 s would read as 4.9 s in the future, i.e.
+    # alive, and this frame would wait for it to the deadline.
+    (frame,) = sync.add("lidar", 50 * MS, "l0", 100 * MS)
+    assert frame.sensor_present["cam"] is False and not frame.waited_to_deadline
+    assert sync.stats().clock_jumps_back == 1
+
+
+def test_small_step_back_of_the_clock_is_not_a_jump() -> None:
+    sync = _sync(jump_back_threshold_ns=1_000 * MS)
+    sync.add("cam", -100 * MS, "c-old", 4_990 * MS)
+    sync.add("lidar", 0, "l0", 5_000 * MS)
+    (frame,) = sync.poll(4_500 * MS)  # released at once, never held for a time gone by
+    assert frame.items == {"lidar": "l0"}
+    assert sync.stats().clock_jumps_back == 0
 
 
 # ------------------------------------------------------------------------------ run-time changes
@@ -642,6 +791,159 @@ def test_frames_that_leave_before_their_deadline_hold_the_frame_rule_choice(
     assert sum(f.waited_to_deadline for f in frames) <= 3
 
 
+def _frame_key(frame: SyncedFrame) -> tuple[Any, ...]:
+    """Everything a frame holds and says about itself."""
+    return (
+        frame.stamp_ns,
+        frame.trigger_sensor,
+        sorted(frame.items.items()),
+        sorted(frame.stamps_ns.items()),
+        frame.imu,
+        frame.gnss,
+        sorted(frame.sensor_present.items()),
+        frame.waited_to_deadline,
+        frame.emitted_ns,
+    )
+
+
+def _feed(
+    sync: FrameSynchronizer,
+    events: list[_Event],
+    steady: _SteadyClock | None = None,
+    steady_of: Any = None,
+    now_of: Any = None,
+    tag: int = 0,
+) -> list[tuple[int, SyncedFrame]]:
+    """Play events into `sync`; (steady clock at emission, frame) for each frame out.
+
+    steady_of / now_of map an event to the steady clock and the caller's clock (default: the
+    event's now_ns); payloads are (sensor, stamp, seq, tag).
+    """
+    out: list[tuple[int, SyncedFrame]] = []
+    for event in events:
+        now_ns = event.now_ns if now_of is None else now_of(event)
+        if steady is not None:
+            steady.now_ns = steady_of(event)
+        if event.sensor is None:
+            frames = sync.poll(now_ns)
+        else:
+            payload = (event.sensor, event.stamp_ns, event.seq, tag)
+            frames = sync.add(event.sensor, event.stamp_ns, payload, now_ns)
+        out += [(steady.now_ns if steady is not None else now_ns, f) for f in frames]
+    return out
+
+
+def _property_config(**changes: Any) -> SyncConfig:
+    return SyncConfig(
+        deadline_ns=_DEADLINE_NS,
+        reference_timeout_ns=200 * MS,
+        slop_ns={L: 25 * MS, R: 30 * MS, C: 40 * MS, GNSS: 20 * MS},
+        buffer_size=8,
+        imu_buffer_size=64,
+        **changes,
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    _scenarios(healthy_reference=False),
+    st.integers(_DEADLINE_NS, 3 * _DEADLINE_NS),
+    st.integers(0, 10**12),
+)
+def test_a_steady_clock_at_real_speed_changes_no_frame(
+    scenario: tuple[list[_Event], int], steady_deadline_ns: int, offset_ns: int
+) -> None:
+    """On a clock at real speed the steady deadline never decides: frames are those without it."""
+    events, _ = scenario
+    plain = _feed(FrameSynchronizer(_SENSORS, _property_config()), events)
+    steady = _SteadyClock()
+    sync = FrameSynchronizer(
+        _SENSORS,
+        _property_config(steady_deadline_ns=steady_deadline_ns),
+        steady_clock_ns=steady,
+    )
+    timed = _feed(sync, events, steady, steady_of=lambda e: e.now_ns + offset_ns)
+    assert [_frame_key(f) for _, f in timed] == [_frame_key(f) for _, f in plain]
+    assert sync.stats().frames_steady_deadline == 0
+
+
+_STEADY_DEADLINE_NS = 150 * MS
+
+
+@settings(max_examples=60, deadline=None)
+@given(_scenarios(healthy_reference=False), st.integers(0, 1200))
+def test_a_stopped_clock_never_holds_a_frame_past_its_steady_deadline(
+    scenario: tuple[list[_Event], int], stop_ms: int
+) -> None:
+    """/clock stops at `stop_ms` while real time and the messages go on."""
+    events, poll_gap_ns = scenario
+    end_ns = events[-1].now_ns
+    events = events + [
+        _Event(t, None) for t in range(end_ns, end_ns + 2 * _STEADY_DEADLINE_NS, poll_gap_ns)
+    ]
+    steady = _SteadyClock()
+    sync = FrameSynchronizer(
+        _SENSORS,
+        _property_config(steady_deadline_ns=_STEADY_DEADLINE_NS),
+        steady_clock_ns=steady,
+    )
+    out = _feed(
+        sync,
+        events,
+        steady,
+        steady_of=lambda e: e.now_ns,
+        now_of=lambda e: min(e.now_ns, stop_ms * MS),
+    )
+    arrival: dict[tuple[Any, ...], int] = {}
+    for event in events:  # a duplicate delivery is ignored: the first arrival counts
+        if event.sensor is not None:
+            arrival.setdefault((event.sensor, event.stamp_ns, event.seq, 0), event.now_ns)
+    for emitted_ns, frame in out:
+        trigger_arrival = arrival[frame.items[frame.trigger_sensor]]
+        assert emitted_ns - trigger_arrival <= _STEADY_DEADLINE_NS + poll_gap_ns
+        _check_masks(sync, frame)
+    stamps = [f.stamp_ns for _, f in out]
+    assert stamps == sorted(set(stamps))
+    stats = sync.stats()
+    assert stats.pending_frames == 0
+    for name, counters in stats.sensors.items():
+        accounted = (
+            counters.used
+            + counters.duplicates
+            + counters.dropped_late
+            + counters.dropped_unmatched
+            + counters.dropped_overflow
+            + counters.buffered
+        )
+        assert accounted == counters.received, name
+
+
+@settings(max_examples=40, deadline=None)
+@given(_regular_streams(), st.data())
+def test_a_clock_jump_back_starts_over_without_mixing_passes(
+    events: list[_Event], data: st.DataObject
+) -> None:
+    """A bag played once up to a random point, then again from its start (sim time jumps)."""
+    cuts = [i for i, e in enumerate(events) if e.now_ns >= 300 * MS]
+    cut = data.draw(st.sampled_from(cuts))
+    config = _property_config(jump_back_threshold_ns=100 * MS)
+    sync = FrameSynchronizer(_SENSORS, config)
+    first = [f for _, f in _feed(sync, events[: cut + 1], tag=1)]
+    second = [f for _, f in _feed(sync, events, tag=2)]
+    fresh = [f for _, f in _feed(FrameSynchronizer(_SENSORS, config), events, tag=2)]
+    stats = sync.stats()
+    assert (stats.clock_jumps_back, stats.resets) == (1, 0)
+    for frame in first + second:  # every payload of a frame comes from its trigger's pass
+        payloads = [*frame.items.values(), *frame.imu]
+        if frame.sensor_present["gnss"]:
+            payloads.append(frame.gnss)
+        assert {p[3] for p in payloads} == {frame.items[frame.trigger_sensor][3]}
+    # The frames pending at the jump go out first; then the second pass, as at start-up.
+    released = [f for f in second if f.items[f.trigger_sensor][3] == 1]
+    assert second[: len(released)] == released
+    assert [_frame_key(f) for f in second[len(released) :]] == [_frame_key(f) for f in fresh]
+
+
 def test_presence_does_not_depend_on_the_payload_value() -> None:
     sync = _sync(_rig(SyncSensor("imu", IMU), SyncSensor("gnss", GNSS)))
     for name in ("cam", "imu", "gnss"):
@@ -761,3 +1063,18 @@ def test_to_frame_builds_the_detector_frame_in_sensor_order() -> None:
     (bad,) = sync.add("lidar", 50 * MS, "not a cloud", 2) + sync.poll(200 * MS)
     with pytest.raises(TypeError, match="'lidar' \\(lidar\\) carried a str"):
         sync.to_frame(bad)
+
+
+def test_restart_forgets_buffers_and_arrivals_as_at_start_up() -> None:
+    # A managed node that is deactivated and activated again starts from new messages.
+    sync = _sync(sensor_timeout_ns=200 * MS)
+    sync.add("cam", 950 * MS, "c-old", 1_000 * MS)
+    assert sync.add("lidar", 1_000 * MS, "l-old", 1_000 * MS) == []  # waits for the camera
+    (held,) = sync.restart(1_010 * MS)
+    assert held.items == {"lidar": "l-old", "cam": "c-old"}
+    stats = sync.stats()
+    assert stats.pending_frames == 0 and stats.sensors["cam"].buffered == 0
+    # The camera heard 200 ms before is neither used nor waited for (without the restart it
+    # would still count as alive and the frame would wait for it to the deadline).
+    (frame,) = sync.add("lidar", 1_200 * MS, "l-new", 1_200 * MS)
+    assert frame.items == {"lidar": "l-new"} and not frame.waited_to_deadline

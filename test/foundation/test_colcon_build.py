@@ -21,12 +21,16 @@ def test_colcon_build_installs_executables_shared_files_and_index(
     workspace = source.parents[1]
     colcon = Path(sys.executable).parent / "colcon"
     env = dict(os.environ, COLCON_HOME=str(tmp_path / "colcon_home"))
+    # A plain `colcon build`, as in any workspace: the repository is one package, whatever it
+    # holds (interfaces/ has COLCON_IGNORE: a ROS install provides vision_msgs and tf2_msgs).
     result = subprocess.run(
-        [str(colcon), "build", "--packages-select", "peftdml_ros", "--event-handlers",
-         "console_direct-"],
+        [str(colcon), "build", "--event-handlers", "console_direct-"],
         cwd=workspace, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert sorted(p.name for p in (workspace / "install").iterdir() if p.is_dir()) == [
+        "peftdml_ros"
+    ], "colcon built more than peftdml_ros"
 
     prefix = workspace / "install" / "peftdml_ros"
     for executable in ("peftdml_node", "peftdml"):
@@ -38,3 +42,19 @@ def test_colcon_build_installs_executables_shared_files_and_index(
                  "config/fastdds_profile.xml", "models/README.md"):  # fmt: skip
         assert (share / name).is_file(), f"colcon did not install {name}"
     assert (prefix / "share/ament_index/resource_index/packages/peftdml_ros").is_file()
+
+
+def test_the_interface_packages_are_invisible_to_colcon(repo_root: Path, tmp_path: Path) -> None:
+    """Even searched for directly, interfaces/ yields no package: a workspace never builds a
+    second vision_msgs or tf2_msgs over the distribution's."""
+    colcon = Path(sys.executable).parent / "colcon"
+    env = dict(os.environ, COLCON_HOME=str(tmp_path / "colcon_home"))
+    result = subprocess.run(
+        [str(colcon), "list", "--names-only", "--base-paths", str(repo_root / "interfaces")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == []
+    for package in ("vision_msgs", "tf2_msgs"):
+        assert (repo_root / "interfaces" / package / "COLCON_IGNORE").is_file()
+        assert (repo_root / "interfaces" / package / "package.xml").is_file()  # setup builds it

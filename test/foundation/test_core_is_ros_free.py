@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import pkgutil
 import subprocess
 import sys
@@ -61,3 +62,52 @@ def test_rclpy_really_is_blocked_by_the_check() -> None:
     )
     assert result.returncode != 0
     assert "blocked" in result.stderr
+
+
+# Packages the core must never import, not even lazily inside a function or by name through
+# importlib: the core is the library that tools and the ROS layer are built on.
+_NOT_FOR_CORE = ("peftdml_ros.tools", "peftdml_ros.ros")
+
+
+def _imported_names(source: str) -> list[str]:
+    """Every module an `import`, a `from ... import` or a module-name string literal names."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+            names += [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names.append(node.value)  # importlib.import_module("peftdml_ros.tools.x")
+    return names
+
+
+def _forbidden(source: str) -> list[str]:
+    return [
+        name
+        for name in _imported_names(source)
+        if any(name == p or name.startswith(p + ".") for p in _NOT_FOR_CORE)
+    ]
+
+
+def test_core_never_imports_tools_or_ros() -> None:
+    core = Path(peftdml_ros.__file__).parent / "core"
+    files = sorted(core.rglob("*.py"))
+    assert len(files) > 20
+    offenders = {
+        str(path.relative_to(core)): bad
+        for path in files
+        if (bad := _forbidden(path.read_text(encoding="utf-8")))
+    }
+    assert not offenders, f"core modules import tools or ros: {offenders}"
+
+
+def test_the_import_scan_sees_lazy_and_by_name_imports() -> None:
+    lazy = "def main():\n    from peftdml_ros.tools.bench import main\n"
+    by_name = "import importlib\nimportlib.import_module('peftdml_ros.ros.node')\n"
+    plain = "import peftdml_ros.tools\nfrom peftdml_ros import tools\n"
+    assert _forbidden(lazy) == ["peftdml_ros.tools.bench", "peftdml_ros.tools.bench.main"]
+    assert _forbidden(by_name) == ["peftdml_ros.ros.node"]
+    assert _forbidden(plain) == ["peftdml_ros.tools", "peftdml_ros.tools"]
+    assert not _forbidden("from peftdml_ros.core import sync\nx = 'peftdml_ros.toolsy'\n")

@@ -347,6 +347,12 @@ def test_malformed_messages_are_survived_and_counted(harness_factory: Any) -> No
     assert set(status["last_modalities"].split(",")) == {"lidar", "radar", "camera"}
     assert "CAM_FRONT" in status["last_sensors_present"]
     assert h.sensor_status("LIDAR_TOP")["messages_accepted"] == "2"
+    # The frame's normality score as a percentile of the shipped model's clean calibration.
+    normality = h.record.latest_status("peftdml: normality")
+    assert "clean keyframes" in normality["calibration"]
+    assert 0.0 <= float(normality["normality_percentile"]) <= 100.0
+    assert normality["level"] in ("OK", "WARN", "ERROR")
+    assert normality["warn_percentile"] == "1.00" and normality["error_percentile"] == "0.10"
     with h.record.lock:
         last = h.record.detections[-1]
     assert last.header.frame_id == "base_link"
@@ -371,6 +377,11 @@ def test_parameters_change_at_run_time(harness_factory: Any) -> None:
     refused = h.node.set_parameters([Parameter("detector.score_threshold", value=1.0)])
     assert not refused[0].successful and "1.0" in refused[0].reason
     assert h.node._detector.thresholds[0] == 0.6
+    # Health thresholds change at run time; ERROR must stay the rarer level.
+    assert h.node.set_parameters([Parameter("health_warn_percentile", value=5.0)])[0].successful
+    assert h.node._config.health_warn_percentile == 5.0
+    refused = h.node.set_parameters([Parameter("health_error_percentile", value=50.0)])
+    assert not refused[0].successful and "health_error_percentile" in refused[0].reason
 
 
 # ------------------------------------------------------------------------------ bag replay
@@ -434,8 +445,11 @@ def _replay(h: Harness, bag: Path, drops: list[Any], loops: int = 1) -> Replay:
 
     with contextlib.suppress(AssertionError):  # best effort may lose a message: never mind
         wait_for(lambda: received() >= sent, 5.0, "the tail of the bag")
+    # /clock stops with the bag, as with `ros2 bag play`: a last frame still waiting for a
+    # sensor goes out at its steady-clock deadline (sync.steady_deadline_s). Sim time is not
+    # pushed past the bag: the LiDAR would then look silent to messages still being taken in,
+    # and a camera could trigger a frame after the last sweep, racing the collection below.
     last_lidar = stamps["/lidar/points"][-1]
-    h.set_clock(max(max(v) for v in stamps.values()) + 1_000_000_000)
     wait_for(
         # Its frame status too: the node publishes it just after the detections.
         lambda: (
@@ -444,6 +458,13 @@ def _replay(h: Harness, bag: Path, drops: list[Any], loops: int = 1) -> Replay:
         ),
         30.0,
         "the last frame",
+    )
+    # Detections and frame status travel on two topics, ordered within each topic only: wait
+    # for the status of every array received (a status never published still fails here).
+    wait_for(
+        lambda: set(h.record.detection_stamps()) <= set(h.record.frame_table()),
+        10.0,
+        "the frame status of every detection array",
     )
     return Replay(stamps, start_ns, summary)
 
@@ -627,11 +648,13 @@ def test_launch_file_compiles_and_names_its_arguments(repo_root: Path) -> None:
         "backend",
         "model_path",
         "rviz",
+        "managed",
+        "autostart",
     }
     strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)}
     for name in ("peftdml.yaml", "fastdds_profile.xml", "peftdml.rviz"):
         assert name in strings and (repo_root / "config" / name).is_file()
-    assert "FASTDDS_DEFAULT_PROFILES_FILE" in strings and "peftdml_node" in strings
+    assert "peftdml_node" in strings  # the Fast DDS variables: test_launch_and_signals.py
 
 
 # ------------------------------------------------------------------------ pieces of the node

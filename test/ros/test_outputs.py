@@ -112,6 +112,7 @@ def test_diagnostics_report_sensors_and_pipeline() -> None:
         "peftdml: pipeline",
         "peftdml: sensor LIDAR_TOP",
         "peftdml: sensor CAM_FRONT",
+        "peftdml: normality",
     ]
     pipe = outputs.diagnostic_values(array.status[0])
     assert pipe["backend"] == "torch" and pipe["frames_published"] == "5"

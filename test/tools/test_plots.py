@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,3 +44,22 @@ def test_pictures_are_written(tmp_path: Path) -> None:
     for path in (bev, timeline):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert path.stat().st_size > 10_000
+
+
+def test_timeline_with_a_latency_panel(tmp_path: Path) -> None:
+    import matplotlib.image
+
+    common: dict[str, Any] = {
+        "times_s": [0.0, 0.05, 0.1],
+        "triggers": ["LIDAR_TOP", "CAM_FRONT", "LIDAR_TOP"],
+        "modalities": ["lidar,radar", "camera", "lidar"],
+        "detections": [3, 1, 2],
+        "dropouts": [("/lidar/points", 0.04, 0.08)],
+    }
+    two = plot_timeline(tmp_path / "two.png", **common)
+    three = plot_timeline(tmp_path / "three.png", latencies_ms=[120.0, None, 90.0], **common)
+    assert three.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The third panel makes the picture taller, not narrower.
+    two_h, two_w = matplotlib.image.imread(two).shape[:2]
+    three_h, three_w = matplotlib.image.imread(three).shape[:2]
+    assert three_w == two_w and three_h > two_h
