@@ -7,10 +7,14 @@ count): an rclpy message, a rosbags message and a `PackedCloud` all work (duck t
 
 - `pack_points(columns)` writes columns of any PointField dtype into a `PackedCloud` whose
   attributes map one to one onto a PointCloud2 (the bag writer and the ROS layer copy them over).
+  Each column is written once, straight into the record buffer that `data` exposes (no
+  intermediate bytes object), so a message costs that write plus its own copy of the buffer.
 - `unpack_points(msg, wanted)` returns one numpy column per field without per-point Python
   loops: a zero-copy strided view into `msg.data` when the rows are not padded (one copy of the
   wanted fields otherwise). `structured_view(msg)` gives the raw [height, width] structured view.
-- `points_as_array(msg, fields)` stacks fields into one [N, F] float32 array (one copy).
+- `points_as_array(msg, fields)` stacks fields into one [N, F] array (one pass over the points:
+  fields of one dtype at evenly spaced offsets, such as x, y, z, intensity, are read as one
+  strided [N, F] view and copied in one go).
 - `finite_mask` / `drop_non_finite` remove NaN/inf points (drivers mark missing returns so).
 
 Every malformed layout raises a `PointCloudError` subclass (an `InputDataError`) that names the
@@ -21,8 +25,9 @@ before writing to them.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -162,6 +167,8 @@ class PackedCloud:
     """A PointCloud2 body as plain values; the attribute names are those of the message.
 
     data: height x row_step bytes; row_step = width x point_step (no row padding is written).
+    `pack_points` gives a read-only memoryview of its record buffer (no copy); any bytes-like
+    object works (np.frombuffer, array.frombytes and bytes() all take it).
     """
 
     height: int
@@ -170,7 +177,7 @@ class PackedCloud:
     is_bigendian: bool
     point_step: int
     row_step: int
-    data: bytes
+    data: bytes | memoryview
     is_dense: bool
 
     @property
@@ -234,11 +241,13 @@ def pack_points(
         fields.append(PackedField(name, offset, datatype, count))
         offset += DATATYPE_TO_DTYPE[datatype].itemsize * count
     point_step = offset
-    record = _structured_dtype(fields, point_step, bigendian=bigendian)
+    record = _structured_dtype(tuple(fields), point_step, bigendian=bigendian)
     packed = np.empty(num_points, dtype=record)
     for name, values in arrays.items():
         packed[name] = values  # numpy converts byte order here, per column, without a loop
     width = num_points // height
+    buffer = packed.view(np.uint8).reshape(-1)
+    buffer.flags.writeable = False  # the cloud is a value: nobody writes through `data`
     return PackedCloud(
         height=height,
         width=width,
@@ -246,8 +255,8 @@ def pack_points(
         is_bigendian=bigendian,
         point_step=point_step,
         row_step=width * point_step,
-        data=packed.tobytes(),
-        is_dense=_all_finite(arrays.values()),
+        data=buffer.data,  # a memoryview of the records: no copy
+        is_dense=_dense(packed, tuple(fields), arrays, bigendian=bigendian),
     )
 
 
@@ -263,8 +272,35 @@ def _common_length(arrays: Mapping[str, AnyArray]) -> int:
     return lengths.pop()
 
 
-def _all_finite(arrays: Iterable[AnyArray]) -> bool:
-    return all(bool(np.isfinite(a).all()) for a in arrays if a.dtype.kind == "f")
+def _dense(
+    records: AnyArray,
+    fields: tuple[PackedField, ...],
+    columns: Mapping[str, AnyArray],
+    *,
+    bigendian: bool,
+) -> bool:
+    """True when no float value of the cloud is NaN or inf (PointCloud2.is_dense).
+
+    When every byte of a record is a float of one type (x, y, z, intensity), the packed buffer
+    is checked in one contiguous pass; otherwise the columns as given, one by one.
+    """
+    datatypes = {f.datatype for f in fields}
+    point_step = records.dtype.itemsize
+    if len(datatypes) == 1 and point_step == sum(_field_bytes(f) for f in fields):
+        element = field_dtype(fields[0].datatype, bigendian=bigendian)
+        return all_finite(records.view(element))
+    return all(all_finite(values) for values in columns.values())
+
+
+def all_finite(values: AnyArray) -> bool:
+    """True when no element is NaN or +-inf (integer arrays always are finite).
+
+    One flat reduction: far cheaper than the per-row mask (`.all(axis=1)`), which is only
+    needed once some value is known not to be finite.
+    """
+    if values.dtype.kind != "f":
+        return True
+    return bool(np.isfinite(values).all())
 
 
 # ------------------------------------------------------------------------------------- unpacking
@@ -272,9 +308,30 @@ def _all_finite(arrays: Iterable[AnyArray]) -> bool:
 
 def cloud_fields(msg: CloudLike) -> tuple[PackedField, ...]:
     """The message's fields as plain values, checked for names, datatypes, counts and overlap."""
-    fields = tuple(
-        PackedField(str(f.name), int(f.offset), int(f.datatype), int(f.count)) for f in msg.fields
-    )
+    return _layout_of(msg).fields
+
+
+def _layout_of(msg: CloudLike) -> _FieldsLayout:
+    # The raw attribute values are the cache key (equal ints hash alike whatever their type);
+    # they are converted to plain str / int once per layout, inside the cache.
+    return _fields_layout(tuple((f.name, f.offset, f.datatype, f.count) for f in msg.fields))
+
+
+@dataclass(frozen=True)
+class _FieldsLayout:
+    """Checked fields of one layout, with what the size checks and lookups need."""
+
+    fields: tuple[PackedField, ...]
+    by_name: Mapping[str, PackedField]
+    needed_bytes: int  # where the last field ends: point_step must be at least this
+    last_field: str  # the field that ends there
+
+
+@lru_cache(maxsize=256)
+def _fields_layout(raw: tuple[tuple[Any, Any, Any, Any], ...]) -> _FieldsLayout:
+    """Check a field list once per layout (a driver sends the same one every sweep, and these
+    checks cost more than reading a small radar cloud); a bad layout raises every time."""
+    fields = tuple(PackedField(str(n), int(o), int(d), int(c)) for n, o, d, c in raw)
     seen: set[str] = set()
     for f in fields:
         if f.name in seen:
@@ -295,16 +352,20 @@ def cloud_fields(msg: CloudLike) -> tuple[PackedField, ...]:
                 f"fields {name!r} and {next_name!r} overlap (bytes {start}..{end}); "
                 "fix the offsets in the publisher"
             )
-    return fields
+    last = max(spans, key=lambda span: span[1], default=(0, 0, ""))
+    return _FieldsLayout(fields, {f.name: f for f in fields}, last[1], last[2])
 
 
 def _field_bytes(f: PackedField) -> int:
     return DATATYPE_TO_DTYPE[f.datatype].itemsize * f.count
 
 
+@lru_cache(maxsize=256)
 def _structured_dtype(
-    fields: Sequence[PackedField], point_step: int, *, bigendian: bool
+    fields: tuple[PackedField, ...], point_step: int, *, bigendian: bool
 ) -> np.dtype[Any]:
+    """The record dtype of a layout (cached: a driver sends the same layout every sweep, and
+    building a structured dtype costs more than viewing a small radar cloud through it)."""
     formats: list[Any] = []
     for f in fields:
         element = field_dtype(f.datatype, bigendian=bigendian)
@@ -323,7 +384,11 @@ def check_layout(
     msg: CloudLike, *, max_points: int = DEFAULT_MAX_POINTS
 ) -> tuple[PackedField, ...]:
     """Validate the sizes of a cloud message and return its fields; raise a PointCloudError."""
-    fields = cloud_fields(msg)
+    return _checked(msg, max_points).fields
+
+
+def _checked(msg: CloudLike, max_points: int) -> _FieldsLayout:
+    layout = _layout_of(msg)
     height, width = int(msg.height), int(msg.width)
     point_step, row_step = int(msg.point_step), int(msg.row_step)
     if height < 0 or width < 0:
@@ -334,12 +399,11 @@ def check_layout(
             f"{max_points}; raise max_points if such clouds are expected, else the header is "
             "corrupt"
         )
-    needed = max((f.offset + _field_bytes(f) for f in fields), default=0)
+    needed = layout.needed_bytes
     if point_step < needed:
-        end_field = max(fields, key=lambda f: f.offset + _field_bytes(f))
         raise PointStepError(
             f"point_step {point_step} is smaller than the {needed} bytes its fields need "
-            f"(field {end_field.name!r} ends at byte {needed}); fix point_step or the offsets"
+            f"(field {layout.last_field!r} ends at byte {needed}); fix point_step or the offsets"
         )
     if row_step < width * point_step:
         raise RowStepError(
@@ -352,7 +416,7 @@ def check_layout(
             f"data has {data_len} bytes but height {height} x row_step {row_step} = "
             f"{height * row_step}; the message is truncated or its header is wrong"
         )
-    return fields
+    return layout
 
 
 def _data_length(data: Any) -> int:
@@ -378,11 +442,14 @@ def structured_view(
 
     Only `wanted` fields (all when None) are in the dtype; the others stay in the bytes.
     """
-    fields = check_layout(msg, max_points=max_points)
-    chosen = _choose(fields, wanted)
+    layout = _checked(msg, max_points)
+    return _view(msg, _choose(layout, wanted))
+
+
+def _view(msg: CloudLike, chosen: Sequence[PackedField]) -> AnyArray:
     height, width = int(msg.height), int(msg.width)
     point_step, row_step = int(msg.point_step), int(msg.row_step)
-    record = _structured_dtype(chosen, point_step, bigendian=bool(msg.is_bigendian))
+    record = _structured_dtype(tuple(chosen), point_step, bigendian=bool(msg.is_bigendian))
     if height * width == 0:
         return np.zeros((height, width), dtype=record)
     raw = _as_bytes_array(msg.data).reshape(height, row_step)[:, : width * point_step]
@@ -390,14 +457,14 @@ def structured_view(
     return raw.view(record)
 
 
-def _choose(fields: Sequence[PackedField], wanted: Sequence[str] | None) -> list[PackedField]:
+def _choose(layout: _FieldsLayout, wanted: Sequence[str] | None) -> list[PackedField]:
     if wanted is None:
-        return list(fields)
-    by_name = {f.name: f for f in fields}
+        return list(layout.fields)
+    by_name = layout.by_name
     missing = [name for name in wanted if name not in by_name]
     if missing:
         raise MissingFieldError(
-            f"cloud has no field(s) {missing}; it has {[f.name for f in fields]}; check the "
+            f"cloud has no field(s) {missing}; it has {list(by_name)}; check the "
             "topic or the wanted field names"
         )
     return [by_name[name] for name in wanted]
@@ -419,21 +486,17 @@ def unpack_points(
     default; pass () for clouds without coordinates). An empty cloud gives empty columns, since
     radars publish one when they see nothing; allow_empty=False raises EmptyCloudError instead.
     """
-    view = structured_view(msg, wanted, max_points=max_points)
-    names = view.dtype.names or ()
-    missing = [name for name in required if name not in _field_names(msg)]
+    layout = _checked(msg, max_points)
+    view = _view(msg, _choose(layout, wanted))
+    missing = [name for name in required if name not in layout.by_name]
     if missing:
         raise MissingFieldError(
-            f"cloud lacks required field(s) {missing}; it has {list(_field_names(msg))}"
+            f"cloud lacks required field(s) {missing}; it has {list(layout.by_name)}"
         )
     if view.size == 0 and not allow_empty:
         raise EmptyCloudError("cloud has no points (height x width = 0)")
     flat = view.reshape(-1)  # a view when rows are unpadded, a copy of the wanted fields otherwise
-    return {name: flat[name] for name in names}
-
-
-def _field_names(msg: CloudLike) -> list[str]:
-    return [str(f.name) for f in msg.fields]
+    return {name: flat[name] for name in view.dtype.names or ()}
 
 
 def points_as_array(
@@ -443,27 +506,62 @@ def points_as_array(
     dtype: npt.DTypeLike = np.float32,
     max_points: int = DEFAULT_MAX_POINTS,
     drop_non_finite_xyz: bool = False,
+    extra_columns: int = 0,
 ) -> AnyArray:
-    """[N, F] array of the named scalar fields in `dtype` (one copy, native byte order).
+    """[N, F + extra_columns] array of the named scalar fields in `dtype` (one copy, native
+    byte order); the extra columns, room for the caller's own channels, are zero.
 
+    Fields of one datatype at evenly spaced offsets (x, y, z, intensity of most drivers) are
+    read through one strided [N, F] view in a single pass; others column by column.
     drop_non_finite_xyz: drop the points whose x, y or z is NaN or inf (when those are in
     `fields`), as drivers mark missing returns.
     """
-    columns = unpack_points(msg, fields, required=(), max_points=max_points)
-    for name in fields:
-        if columns[name].ndim != 1:
+    if extra_columns < 0:
+        raise ColumnShapeError(f"extra_columns {extra_columns} must be >= 0")
+    chosen = _choose(_checked(msg, max_points), fields)
+    for f in chosen:
+        if f.count != 1:
             raise FieldCountError(
-                f"field {name!r} has count {columns[name].shape[1]}; points_as_array stacks "
+                f"field {f.name!r} has count {f.count}; points_as_array stacks "
                 "scalar fields only, use unpack_points for it"
             )
-    out = np.empty((_num_rows(columns), len(fields)), dtype=dtype)
-    for i, name in enumerate(fields):
-        out[:, i] = columns[name]
+    height, width = int(msg.height), int(msg.width)
+    out = np.empty((height * width, len(chosen) + extra_columns), dtype=dtype)
+    out[:, len(chosen) :] = 0
+    if out.shape[0] and chosen:
+        strided = _uniform_view(msg, chosen)
+        if strided is not None:
+            out[:, : len(chosen)].reshape(height, width, len(chosen))[...] = strided
+        else:
+            columns = unpack_points(msg, fields, required=(), max_points=max_points)
+            for i, name in enumerate(fields):
+                out[:, i] = columns[name]
     if drop_non_finite_xyz:
         xyz_cols = [i for i, name in enumerate(fields) if name in XYZ]
-        if xyz_cols:
+        if xyz_cols and not all_finite(out[:, xyz_cols]):
             out = out[np.isfinite(out[:, xyz_cols]).all(axis=1)]
     return out
+
+
+def _uniform_view(msg: CloudLike, chosen: Sequence[PackedField]) -> AnyArray | None:
+    """[height, width, F] zero-copy view of scalar fields that share a datatype and sit at
+    evenly spaced offsets in that order (offset_i = offset_0 + i x step); None otherwise."""
+    datatypes = {f.datatype for f in chosen}
+    if len(datatypes) != 1:
+        return None
+    element = field_dtype(chosen[0].datatype, bigendian=bool(msg.is_bigendian))
+    first = chosen[0].offset
+    step = chosen[1].offset - first if len(chosen) > 1 else element.itemsize
+    if step <= 0 or any(f.offset != first + i * step for i, f in enumerate(chosen)):
+        return None
+    height, width = int(msg.height), int(msg.width)
+    return np.ndarray(
+        shape=(height, width, len(chosen)),
+        dtype=element,
+        buffer=_as_bytes_array(msg.data),
+        offset=first,
+        strides=(int(msg.row_step), int(msg.point_step), step),
+    )
 
 
 def _num_rows(columns: Mapping[str, AnyArray]) -> int:

@@ -11,11 +11,18 @@ Targets:
         frames that hold every live sensor, cameras and radars per frame. message_filters'
         ApproximateTimeSynchronizer is timed on the same 3-input streams where it imports (a ROS
         install); elsewhere its figures are reported as not available.
-  model CPU forward time of the default model (PyTorch unmerged/merged, ONNX Runtime).
+  model CPU forward time of the default model (PyTorch unmerged/merged, ONNX Runtime;
+        tools/bench_model.py).
   dds   large point clouds between two processes over DDS: delivered out of sent with Fast DDS's
         default transports and with config/fastdds_profile.xml (needs rclpy).
   cache the on-disk keyframe cache: build time and size per keyframe, a keyframe and a batch of
         pairs read uncached and cached (tools/bench_cache.py).
+  pointcloud  PointCloud2 building and reading against sensor_msgs_py (where it imports) and a
+        numpy equivalent of it; the node's LiDAR conversion (tools/bench_pointcloud.py).
+  pipeline  frames at full nuScenes sizes through the node's code, stage by stage, for every
+        available backend side by side (tools/bench_pipeline.py).
+
+Every wall-clock figure is time.perf_counter; the sync target counts CPU time.
 """
 
 from __future__ import annotations
@@ -355,12 +362,22 @@ def _render_message_filters(row: dict[str, Any]) -> str:
 
 def _model_bench() -> Any:
     """The model benchmark module, imported on use: the other targets need no torch."""
-    return importlib.import_module("peftdml_ros.core.model.bench")
+    return importlib.import_module("peftdml_ros.tools.bench_model")
 
 
 def _cache_bench() -> Any:
     """The cache benchmark module, imported on use (torch and the dataset reader)."""
     return importlib.import_module("peftdml_ros.tools.bench_cache")
+
+
+def _pointcloud_bench() -> Any:
+    """The PointCloud2 benchmark module (its arguments are declared without importing rclpy)."""
+    return importlib.import_module("peftdml_ros.tools.bench_pointcloud")
+
+
+def _pipeline_bench() -> Any:
+    """The frame pipeline benchmark module, imported on use (torch, rclpy, the backends)."""
+    return importlib.import_module("peftdml_ros.tools.bench_pipeline")
 
 
 def _cache_arguments(parser: argparse.ArgumentParser) -> None:
@@ -405,6 +422,21 @@ TARGETS: dict[str, BenchTarget] = {
         add_arguments=_cache_arguments,
         run=lambda args: _cache_bench().run(args),
         render=lambda result: _cache_bench().render(result),
+    ),
+    "pointcloud": BenchTarget(
+        summary="PointCloud2 build and read (300k XYZI, nuScenes sweep) against sensor_msgs_py "
+        "and a numpy equivalent of it; the node's LiDAR conversion",
+        add_arguments=lambda parser: _pointcloud_bench().add_arguments(parser),
+        run=lambda args: _pointcloud_bench().run(args),
+        render=lambda result: _pointcloud_bench().render(result),
+    ),
+    "pipeline": BenchTarget(
+        summary="full-size nuScenes frames through the node's code (conversion, sync, "
+        "preprocess, inference, decode, output messages) per backend: p50/p99 per stage, "
+        "frames/s",
+        add_arguments=lambda parser: _pipeline_bench().add_arguments(parser),
+        run=lambda args: _pipeline_bench().run(args),
+        render=lambda result: _pipeline_bench().render(result),
     ),
 }
 

@@ -5,7 +5,8 @@
 Writes `<out>` (the model_io graph; its config is also in the ONNX metadata) and
 `<stem>.manifest.json` beside it (classes, ranges, grid, cameras, tensor names, versions), then
 runs one generated frame through PyTorch and ONNX Runtime (CPU) and prints the largest absolute
-difference per output; a difference above --tolerance is an error (exit 1).
+difference per output; a difference above --tolerance is an error (exit 1). With --build-engine
+it then builds the TensorRT engine beside `<out>` (tools/engine_build.py, docs/tensorrt.md).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from peftdml_ros.core.types import (
     ImuSample,
     PointCloud,
 )
+from peftdml_ros.tools import engine_build
 
 
 def random_frame(
@@ -147,7 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--bench", type=int, default=0, metavar="N", help="also time preprocess/torch/ORT N times"
     )
+    engine_build.add_engine_arguments(parser)
     args = parser.parse_args(argv)
+    engine_build.check_engine_arguments(args)
     if args.out.suffix != ".onnx":
         raise ModelArtifactError(f"--out {args.out} must end in .onnx")
 
@@ -180,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     target = manifest_path(args.out)
     target.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     print(f"wrote {target}")
+    if args.build_engine:
+        engine_build.build_engine(args, args.out, loaded.config, loaded.extra.get("data"))
     if args.bench > 0:
         print(
             f"median ms per frame over {args.bench} runs (CPU, {torch.get_num_threads()} threads):"

@@ -367,3 +367,135 @@ def test_data_may_be_any_buffer_or_a_list() -> None:
     for data in (array.array("B", raw), memoryview(raw), bytearray(raw), list(raw)):
         out = pc.unpack_points(_cloud(data=data))
         np.testing.assert_array_equal(out["z"], np.arange(4, dtype=np.float32) + 2)
+
+
+# --------------------------------------------------------------- points_as_array: one-pass path
+
+
+@st.composite
+def _uniform_layouts(draw: st.DrawFn) -> dict[str, Any]:
+    """Scalar fields of one datatype at evenly spaced offsets (the one-pass path), with a lead
+    gap, a field stride of at least the element size, point and row padding, either order."""
+    datatype = draw(_DATATYPES)
+    size = pc.DATATYPE_TO_DTYPE[datatype].itemsize
+    num_fields = draw(st.integers(1, 5))
+    first = draw(st.integers(0, 6))
+    step = size + draw(st.sampled_from([0, 0, 1, 4]))
+    fields = [pc.PackedField(f"f{i}", first + i * step, datatype, 1) for i in range(num_fields)]
+    point_step = first + (num_fields - 1) * step + size + draw(st.integers(0, 5))
+    width = draw(st.integers(0, 5))
+    return {
+        "fields": fields,
+        "point_step": point_step,
+        "height": draw(st.integers(1, 3)),
+        "width": width,
+        "row_step": width * point_step + draw(st.integers(0, 7)),
+        "bigendian": draw(st.booleans()),
+        "seed": draw(st.integers(0, 2**16)),
+    }
+
+
+def _random_cloud(layout: dict[str, Any]) -> SimpleNamespace:
+    """A message of `layout` whose bytes are random (NaN bit patterns included)."""
+    rng = np.random.default_rng(layout["seed"])
+    size = layout["height"] * layout["row_step"]
+    return SimpleNamespace(
+        height=layout["height"],
+        width=layout["width"],
+        fields=layout["fields"],
+        is_bigendian=layout["bigendian"],
+        point_step=layout["point_step"],
+        row_step=layout["row_step"],
+        data=rng.integers(0, 256, size, np.uint8).tobytes(),
+    )
+
+
+def _column_by_column(msg: Any, names: list[str]) -> np.ndarray:
+    """The reference: one float64 column per field from unpack_points (checked against struct
+    above), stacked."""
+    columns = pc.unpack_points(msg, names, required=())
+    n = msg.height * msg.width
+    if not names:
+        return np.zeros((n, 0))
+    return np.stack([columns[name].astype(np.float64) for name in names], axis=1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_uniform_layouts())
+def test_points_as_array_one_pass_path_matches_column_by_column(layout: dict[str, Any]) -> None:
+    msg = _random_cloud(layout)
+    names = [f.name for f in layout["fields"]]
+    got = pc.points_as_array(msg, names, dtype=np.float64, extra_columns=2)
+    want = _column_by_column(msg, names)
+    assert got.shape == (want.shape[0], len(names) + 2)
+    np.testing.assert_array_equal(got[:, : len(names)], want)  # NaN compares equal here
+    assert not got[:, len(names) :].any()
+
+
+@settings(max_examples=60, deadline=None)
+@given(_layouts())
+def test_points_as_array_matches_column_by_column_on_any_layout(layout: dict[str, Any]) -> None:
+    msg = _random_cloud(layout)
+    names = [f.name for f in layout["fields"] if f.count == 1]
+    np.testing.assert_array_equal(
+        pc.points_as_array(msg, names, dtype=np.float64), _column_by_column(msg, names)
+    )
+
+
+def test_points_as_array_reads_a_subset_in_any_order_and_drops_non_finite_xyz() -> None:
+    columns = {
+        "x": np.array([1.0, np.nan, 3.0, 4.0], np.float32),
+        "y": np.array([5.0, 6.0, np.inf, 8.0], np.float32),
+        "z": np.array([9.0, 10.0, 11.0, 12.0], np.float32),
+        "intensity": np.array([13.0, 14.0, 15.0, np.nan], np.float32),
+    }
+    packed = pc.pack_points(columns)
+    np.testing.assert_array_equal(
+        pc.points_as_array(packed, ["z", "x"]), np.stack([columns["z"], columns["x"]], axis=1)
+    )
+    kept = pc.points_as_array(packed, ["x", "y", "z", "intensity"], drop_non_finite_xyz=True)
+    np.testing.assert_array_equal(kept[:, 0], [1.0, 4.0])  # intensity NaN is not an xyz value
+    with pytest.raises(pc.ColumnShapeError, match="extra_columns"):
+        pc.points_as_array(packed, ["x"], extra_columns=-1)
+    with pytest.raises(pc.FieldCountError, match="scalar fields only"):
+        pc.points_as_array(pc.pack_points({"x": np.zeros((2, 3), np.float32)}), ["x"])
+
+
+def test_packed_data_is_a_read_only_view_of_the_records() -> None:
+    packed = pc.pack_points(
+        {"x": np.array([1.5, 2.5], np.float32), "ring": np.array([3, 4], np.uint16)}
+    )
+    assert isinstance(packed.data, memoryview) and packed.data.readonly
+    assert bytes(packed.data) == struct.pack("<fHfH", 1.5, 3, 2.5, 4)
+    assert packed == replace(packed)  # compared by value
+
+
+def test_all_finite() -> None:
+    assert pc.all_finite(np.zeros((3, 4), np.float32))
+    assert pc.all_finite(np.zeros(0, np.float32))
+    assert pc.all_finite(np.array([1, 2], np.int64))
+    for bad in (np.nan, np.inf, -np.inf):
+        values = np.ones((5, 4), np.float32)
+        values[3, 2] = bad
+        assert not pc.all_finite(values)
+        assert not pc.all_finite(values[:, 1:])  # strided
+    # finite values whose sum overflows float32 are still finite
+    assert pc.all_finite(np.full(4, 3e38, np.float32))
+
+
+@pytest.mark.parametrize("bigendian", [False, True])
+@pytest.mark.parametrize("layout", ["xyzi", "with_ring", "float64_and_float32"])
+def test_is_dense_says_whether_any_float_is_nan_or_inf(layout: str, bigendian: bool) -> None:
+    columns: dict[str, np.ndarray] = {n: np.ones(5, np.float32) for n in ("x", "y", "z", "i")}
+    if layout == "with_ring":
+        columns["ring"] = np.arange(5, dtype=np.uint16)
+    elif layout == "float64_and_float32":
+        columns["t"] = np.ones(5, np.float64)
+    assert pc.pack_points(columns, bigendian=bigendian).is_dense
+    for bad in (np.nan, np.inf, -np.inf):
+        for name in columns:
+            if columns[name].dtype.kind != "f":
+                continue
+            spoiled = {**columns, name: columns[name].copy()}
+            spoiled[name][3] = bad
+            assert not pc.pack_points(spoiled, bigendian=bigendian).is_dense, (name, bad)

@@ -6,6 +6,9 @@ How "auto" picks (the reason is logged and kept on the returned backend as `sele
   3. an .onnx file otherwise                                     -> onnxruntime
   4. a PyTorch checkpoint (.pt) or no model ("": untrained default model) -> torch
 An explicit name is honoured or refused with an error that says why; never silently replaced.
+
+`precision` (fp32, fp16, int8) is the TensorRT engine's (see tensorrt_backend); PyTorch and ONNX
+Runtime run the graph in fp32 whatever it says (logged when int8 was asked for).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from peftdml_ros.core.backends.base import InferenceBackend
+from peftdml_ros.core.backends.engine_cache import DEFAULT_PRECISION, PRECISIONS, check_precision
 from peftdml_ros.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -23,7 +27,14 @@ if TYPE_CHECKING:
     from peftdml_ros.core.backends.tensorrt_backend import TensorRTBackend
     from peftdml_ros.core.backends.torch_backend import TorchBackend
 
-__all__ = ["BACKEND_NAMES", "InferenceBackend", "choose_backend", "create_backend"]
+__all__ = [
+    "BACKEND_NAMES",
+    "DEFAULT_PRECISION",
+    "PRECISIONS",
+    "InferenceBackend",
+    "choose_backend",
+    "create_backend",
+]
 
 _LOG = logging.getLogger(__name__)
 
@@ -80,20 +91,33 @@ def _check_explicit(name: str, path: str, suffix: str) -> None:
 
 
 def create_backend(
-    name: str = "auto", model_path: str | Path = "", device: str = "auto", seed: int = 0
+    name: str = "auto",
+    model_path: str | Path = "",
+    device: str = "auto",
+    seed: int = 0,
+    precision: str = DEFAULT_PRECISION,
 ) -> InferenceBackend:
     """Build the backend `choose_backend` picks; logs which one and why.
 
-    `seed` seeds the untrained default model when model_path is "" (torch only).
+    `seed` seeds the untrained default model when model_path is "" (torch only); `precision`
+    is the TensorRT engine's (ConfigError unless one of PRECISIONS).
     """
+    check_precision(precision)
     chosen, reason = choose_backend(name, model_path, device)
     _LOG.info("inference backend: %s (%s)", chosen, reason)
+    if chosen != "tensorrt" and precision == "int8":
+        _LOG.warning(
+            "precision int8 applies to TensorRT engines only: backend %s runs the model in fp32",
+            chosen,
+        )
     backend: TensorRTBackend | OnnxRuntimeBackend | TorchBackend
     # Implementations are imported only when chosen (tensorrt, onnxruntime, torch are heavy).
     if chosen == "tensorrt":
         from peftdml_ros.core.backends.tensorrt_backend import TensorRTBackend
 
-        backend = TensorRTBackend(model_path, device="cuda" if device == "auto" else device)
+        backend = TensorRTBackend(
+            model_path, device="cuda" if device == "auto" else device, precision=precision
+        )
     elif chosen == "onnxruntime":
         from peftdml_ros.core.backends.onnxruntime_backend import OnnxRuntimeBackend
 

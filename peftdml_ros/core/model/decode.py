@@ -21,7 +21,6 @@ from collections.abc import Mapping
 import numpy as np
 import numpy.typing as npt
 import torch
-import torch.nn.functional as F
 
 from peftdml_ros.core.errors import InputDataError
 from peftdml_ros.core.model.config import ModelConfig
@@ -53,8 +52,7 @@ def decode_detections(
             "the config the engine was built from"
         )
     threshold = config.score_threshold if score_threshold is None else score_threshold
-    pooled = F.max_pool2d(heatmap, kernel_size=3, stride=1, padding=1)
-    peaks = torch.where(heatmap == pooled, heatmap, torch.zeros_like(heatmap))
+    peaks = torch.from_numpy(local_maxima(heatmap.numpy()))
     dense = {n: maps[n].detach().to(torch.float32).cpu() for n in _DENSE_NAMES}
     attributes = maps["attribute_logits"].detach().to(torch.float32).cpu()
     return [
@@ -63,6 +61,24 @@ def decode_detections(
         )
         for b in range(heatmap.shape[0])
     ]
+
+
+def local_maxima(heatmap: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """[B, C, H, W] heatmap with every cell below the max of its 3 x 3 neighbourhood zeroed
+    (max-pool NMS, borders padded with -inf as F.max_pool2d pads).
+
+    numpy, not torch: torch splits element-wise ops of this size (40k cells) over its intra-op
+    threads, and on cores shared with other work (the inference engine, the node's executor)
+    waiting for those threads made the median decode 100 ms instead of 3 ms.
+    """
+    h, w = heatmap.shape[2:]
+    padded = np.pad(heatmap, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    pooled = heatmap.copy()
+    for dy in range(3):
+        for dx in range(3):
+            np.maximum(pooled, padded[:, :, dy : dy + h, dx : dx + w], out=pooled)
+    peaks: npt.NDArray[np.float32] = np.where(heatmap == pooled, heatmap, np.float32(0.0))
+    return peaks
 
 
 def _decode_one(
