@@ -72,8 +72,8 @@ def build_manifest(config: ModelConfig, extra: dict[str, Any] | None = None) -> 
     return manifest
 
 
-def read_manifest(model_path: str | Path) -> ModelConfig:
-    """The ModelConfig from the manifest of an exported model, after checking compatibility."""
+def read_manifest_json(model_path: str | Path) -> dict[str, Any]:
+    """The manifest beside an exported model, as stored (no compatibility check)."""
     path = manifest_path(model_path)
     if not path.is_file():
         raise ModelArtifactError(
@@ -81,9 +81,16 @@ def read_manifest(model_path: str | Path) -> ModelConfig:
             "`peftdml export`, which writes both"
         )
     try:
-        manifest = json.loads(path.read_text())
+        manifest: dict[str, Any] = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ModelArtifactError(f"cannot read manifest {path}: {error}; re-export") from error
+    return manifest
+
+
+def read_manifest(model_path: str | Path) -> ModelConfig:
+    """The ModelConfig from the manifest of an exported model, after checking compatibility."""
+    path = manifest_path(model_path)
+    manifest = read_manifest_json(model_path)
     expected = {
         "format": MANIFEST_FORMAT,
         "classes": list(NUSCENES_CLASSES),

@@ -21,7 +21,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bag": ("bag", "nuScenes (real or generated) -> rosbag2 MCAP bag, every sweep"),
     "replay": ("replay", "play a bag over ROS 2 (rate, /clock, loop, remap, sensor dropout)"),
     "info": ("info", "print a model's configuration and parameter report"),
-    "bench": ("bench", "benchmarks: synchronizer cost per message, output rate (bench sync)"),
+    "bench": (
+        "bench",
+        "benchmarks: sync, model, dds, cache, pointcloud, pipeline (peftdml bench -h)",
+    ),
     "synth": ("synth", "generate a nuScenes-format dataset from a seeded synthetic world"),
     "train": ("train", "train PEFT-DML on a nuScenes-format dataset (checkpoint, metrics.jsonl)"),
     "export": ("export", "checkpoint -> ONNX + manifest, checked against PyTorch with ORT"),
@@ -29,12 +32,25 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "eval",
         "official nuScenes metrics of a model on a split; sensor dropout, degradations",
     ),
+    "calibrate": (
+        "calibrate",
+        "store the clean distribution of a model's normality score with it (sensor health)",
+    ),
+    "health-eval": (
+        "health_eval",
+        "ROC AUC of the normality score: clean vs degraded frames and dead sensors",
+    ),
+    "results": (
+        "results",
+        "the claims page (docs/results.md) from evaluation and training summaries",
+    ),
 }
 
 
 def _usage() -> str:
     lines = ["usage: peftdml <command> [options]   (peftdml <command> --help for details)", ""]
-    lines += [f"  {name:<8} {summary}" for name, (_, summary) in SUBCOMMANDS.items()]
+    width = max(len(name) for name in SUBCOMMANDS)
+    lines += [f"  {name:<{width}} {summary}" for name, (_, summary) in SUBCOMMANDS.items()]
     return "\n".join(lines)
 
 

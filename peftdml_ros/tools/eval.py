@@ -32,7 +32,7 @@ import re
 import shutil
 import sys
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -87,17 +87,22 @@ _CAMERA_PREFERENCE = ("CAM_FRONT",)
 PICTURE_CAMERA_DOWNSCALE = 2
 
 
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--checkpoint or --model, one of them required (eval, calibrate, health-eval)."""
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", type=Path, help="a `peftdml train` checkpoint (.pt)")
+    model.add_argument(
+        "--model", type=Path, help="an exported .onnx (manifest beside it) or TensorRT engine"
+    )
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="peftdml eval",
         description=__doc__.split("\n")[0],
         epilog="Outputs and the meaning of the numbers: docs/eval.md",
     )
-    model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--checkpoint", type=Path, help="a `peftdml train` checkpoint (.pt)")
-    model.add_argument(
-        "--model", type=Path, help="an exported .onnx (manifest beside it) or TensorRT engine"
-    )
+    add_model_arguments(p)
     p.add_argument("--backend", choices=BACKEND_NAMES, default="auto", help="as the node's")
     p.add_argument("--dataroot", type=Path, required=True, help="nuScenes dataroot")
     p.add_argument("--version", default="v1.0-trainval", help="e.g. v1.0-mini, v1.0-synth")
@@ -220,6 +225,9 @@ class Variant:
     name: str
     modalities: tuple[Modality, ...] = MODALITIES
     removed: tuple[str, ...] = ()
+    # The earlier variant that gives this one's inputs exactly, for a model that reads only some
+    # modalities (ModelConfig.input_modalities): its detections and metrics are reused.
+    same_as: str | None = None
 
     def inputs(self, item: TrainingItem, config: PreprocessConfig) -> Inputs:
         """The item's inputs as preprocessing makes them for a frame without the absent
@@ -246,7 +254,30 @@ def variants(config: ModelConfig, dropout: bool) -> list[Variant]:
     if dropout:
         runs += [Variant(subset_name(s), modalities=s) for s in modality_subsets()]
         runs += [Variant(f"-{s}", removed=(s,)) for s in (*config.camera_names, *NUSCENES_RADARS)]
-    return runs
+    return _mark_equivalent(runs, config)
+
+
+def _mark_equivalent(runs: list[Variant], config: ModelConfig) -> list[Variant]:
+    """Variants that differ only in what the model does not read point at the first of them.
+
+    The network masks every modality outside input_modalities, so a LiDAR-only model gives the
+    same detections with or without radar, cameras, IMU and GNSS: scoring them again would
+    only cost time.
+    """
+    read = {m for m in MODALITIES if m.value in config.input_modalities}
+    first: dict[tuple[frozenset[Modality], frozenset[str]], str] = {}
+    out: list[Variant] = []
+    for run in runs:
+        removed = {
+            s
+            for s in run.removed
+            if (s in config.camera_names and Modality.CAMERA in read)
+            or (s in NUSCENES_RADARS and Modality.RADAR in read)
+        }
+        key = (frozenset(set(run.modalities) & read), frozenset(removed))
+        same = first.setdefault(key, run.name)
+        out.append(run if same == run.name else replace(run, same_as=same))
+    return out
 
 
 @dataclass
@@ -257,6 +288,7 @@ class Predictions:
     tokens: list[str]
     detections: dict[str, Detections]  # the full run's, per sample token
     scenes: dict[str, list[tuple[str, int]]]  # scene -> (sample token, GT boxes)
+    same_as: dict[str, str] = field(default_factory=dict)  # variant -> the variant it equals
 
 
 def predict_variants(
@@ -277,6 +309,8 @@ def predict_variants(
         pose = item_pose(item, scorer)
         unchanged: Detections | None = None
         for run in runs:
+            if run.same_as is not None:
+                continue
             inputs = run.inputs(item, config)
             if inputs is item.inputs:
                 unchanged = predict(inputs) if unchanged is None else unchanged
@@ -290,7 +324,9 @@ def predict_variants(
         out.scenes.setdefault(item.scene_name, []).append(
             (item.sample_token, len(item.ground_truth))
         )
-    out.results = {name: builder.results for name, builder in builders.items()}
+    same_as = {run.name: run.same_as for run in runs if run.same_as is not None}
+    out.results = {name: builders[same_as.get(name, name)].results for name in builders}
+    out.same_as = same_as
     return out
 
 
@@ -301,6 +337,9 @@ def score_variants(
     metrics: dict[str, DetectionMetrics] = {}
     names = list(predictions.results)
     for name in tqdm(names, desc="scoring", unit="run", disable=not progress or len(names) < 2):
+        if name in predictions.same_as:
+            metrics[name] = metrics[predictions.same_as[name]]
+            continue
         run_dir = out_dir / FULL if name == FULL else out_dir / "dropout" / _safe(name)
         metrics[name] = scorer.score_results(
             predictions.results[name],

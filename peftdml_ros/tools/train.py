@@ -17,7 +17,18 @@ losses, step, log, validation, checkpoint), the clean-feature GMM fit. Writes to
                     (random streams are re-seeded from the step, not replayed),
   metrics.jsonl     one JSON line per step: step, lr, every loss term, seconds per step,
   val.jsonl         one JSON line per validation: step, wall time, mAP, NDS, TP errors,
-  config.json       the ModelConfig and the command-line arguments.
+  config.json       the ModelConfig and the command-line arguments,
+  gmm.jsonl         one JSON line per fit of the clean-feature GMM (step, frames, mean
+                    log-likelihood, seconds),
+  gmm_holdout.json  with --gmm-holdout-frames: the held-out keyframes (indices, sample tokens).
+
+The clean-feature GMM (the normality score, and the alignment loss when weight_gmm > 0) is
+fitted after the last step by default. With --gmm-holdout-frames N, N keyframes drawn at random
+(seeded by --seed) are held out of the training pairs and every fit uses them; with
+--gmm-start-frac F it is first fitted once the run is F done and refitted every
+--gmm-refit-every K steps, so the alignment loss trains for the rest of the run. With
+--val-data, the final model's normality scores on the validation frames are stored as its
+health calibration (core/health.py).
 
 Multi-GPU: `torchrun --nproc-per-node N -m peftdml_ros.tools.cli train ...` runs one process per
 GPU with DistributedDataParallel (gloo on CPU); rank 0 writes every file.
@@ -31,6 +42,7 @@ import functools
 import json
 import math
 import os
+import resource
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -46,6 +58,7 @@ from tqdm import tqdm
 
 from peftdml_ros.core.backends.torch_backend import resolve_torch_device
 from peftdml_ros.core.errors import ConfigError
+from peftdml_ros.core.health import CALIBRATION_KEY
 from peftdml_ros.core.model import (
     Embeddings,
     ModelConfig,
@@ -181,7 +194,42 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--gmm-frames",
         type=int,
         default=64,
-        help="clean keyframes whose pooled features fit the GMM at the end (0: skip)",
+        help="clean keyframes whose pooled features fit the GMM at the end (0: skip); with "
+        "--gmm-holdout-frames the held-out keyframes are used instead",
+    )
+    p.add_argument(
+        "--gmm-holdout-frames",
+        type=int,
+        default=0,
+        metavar="N",
+        help="hold N training keyframes (a seeded random draw) out of the training pairs and "
+        "fit the GMM on them, so that it models features of frames the losses never trained "
+        "on (0: no hold-out)",
+    )
+    p.add_argument(
+        "--gmm-holdout-scenes",
+        nargs="+",
+        default=None,
+        metavar="SCENE",
+        help="draw the held-out keyframes only from these scenes (e.g. the clean scenes of a "
+        "split that also holds degraded ones: the GMM models clean features)",
+    )
+    p.add_argument(
+        "--gmm-start-frac",
+        type=float,
+        default=None,
+        metavar="F",
+        help="fit the GMM on the held-out keyframes once the run is F done (by steps or by "
+        "--time-budget-min, whichever is further), making the alignment loss (weight_gmm) live "
+        "for the rest of the run (default: fit after the last step only)",
+    )
+    p.add_argument(
+        "--gmm-refit-every",
+        type=int,
+        default=0,
+        metavar="K",
+        help="after the first fit, refit the GMM every K steps on the held-out keyframes "
+        "(0: never), so it follows the features as they train",
     )
     # The node feeds one sweep per sensor and frame; train on what the model will see.
     p.add_argument("--lidar-sweeps", type=int, default=1, help="LiDAR sweeps merged per keyframe")
@@ -236,6 +284,25 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--time-budget-min {args.time_budget_min} must be > 0")
     if args.val_every < 1:
         raise ConfigError(f"--val-every {args.val_every} must be >= 1")
+    _check_gmm_args(args)
+
+
+def _check_gmm_args(args: argparse.Namespace) -> None:
+    if args.gmm_frames < 0 or args.gmm_holdout_frames < 0 or args.gmm_refit_every < 0:
+        raise ConfigError("--gmm-frames, --gmm-holdout-frames and --gmm-refit-every must be >= 0")
+    if args.gmm_start_frac is not None:
+        if not 0.0 <= args.gmm_start_frac <= 1.0:
+            raise ConfigError(f"--gmm-start-frac {args.gmm_start_frac} must be in [0, 1]")
+        if args.gmm_holdout_frames == 0:
+            raise ConfigError(
+                "--gmm-start-frac fits the GMM during training on held-out keyframes: give "
+                "--gmm-holdout-frames N too (e.g. 64)"
+            )
+    elif args.gmm_refit_every > 0:
+        raise ConfigError(
+            "--gmm-refit-every refits a GMM fitted during training: give --gmm-start-frac F "
+            "(and --gmm-holdout-frames N) too"
+        )
 
 
 # ------------------------------------------------------------------------------ distributed
@@ -378,19 +445,144 @@ def _run_state(payload: dict[str, Any]) -> RunState:
     )
 
 
+# ---------------------------------------------------------------------- clean-feature GMM
+
+GMM_LOG_NAME = "gmm.jsonl"
+GMM_HOLDOUT_NAME = "gmm_holdout.json"
+_GMM_BATCH = 8  # keyframes per forward while collecting features
+
+
+def spread_indices(count: int, frames: int) -> list[int]:
+    """`frames` indices spread evenly over range(count) (all of them if frames >= count)."""
+    if frames <= 0 or count <= 0:
+        return []
+    return [int(i) for i in np.unique(np.linspace(0, count - 1, min(frames, count)).round())]
+
+
+def holdout_indices(
+    count: int, frames: int, seed: int, candidates: Sequence[int] | None = None
+) -> list[int]:
+    """The keyframes held out for the GMM: `frames` of `candidates` (default: range(count))
+    drawn without replacement by a generator seeded with `seed` (the same draw on --resume),
+    sorted."""
+    if frames <= 0:
+        return []
+    if frames >= count:
+        raise ConfigError(
+            f"--gmm-holdout-frames {frames} leaves nothing to train on: the split has {count} "
+            "keyframes; hold out fewer"
+        )
+    pool = np.arange(count) if candidates is None else np.asarray(sorted(candidates))
+    if frames > len(pool):
+        raise ConfigError(
+            f"--gmm-holdout-frames {frames} is more than the {len(pool)} keyframes of "
+            "--gmm-holdout-scenes: hold out fewer or name more scenes"
+        )
+    drawn = pool[np.random.default_rng(seed).permutation(len(pool))[:frames]]
+    return sorted(int(i) for i in drawn)
+
+
+def holdout_candidates(
+    keyframes: KeyframeSource, scenes: Sequence[str] | None
+) -> list[int] | None:
+    """Indices of the keyframes of `scenes` (None: every keyframe may be held out)."""
+    if scenes is None:
+        return None
+    names = keyframes.scene_names()
+    unknown = sorted(set(scenes) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"--gmm-holdout-scenes names {unknown}, which the split does not hold; it has "
+            f"{sorted(set(names))}"
+        )
+    return [i for i, name in enumerate(names) if name in set(scenes)]
+
+
+def training_pairs(keyframes: KeyframeSource, held_out: Sequence[int]) -> KeyframePairDataset:
+    """The (t, t+1) pairs of the split without any pair that touches a held-out keyframe."""
+    pairs = KeyframePairDataset(keyframes)
+    if held_out:
+        excluded = set(held_out)
+        pairs.pairs = [p for p in pairs.pairs if p[0] not in excluded and p[1] not in excluded]
+        if not pairs.pairs:
+            raise ConfigError(
+                f"holding out {len(excluded)} keyframes leaves no (t, t+1) pair to train on: "
+                "hold out fewer (--gmm-holdout-frames) or use more data"
+            )
+    return pairs
+
+
+@dataclass(frozen=True)
+class GmmRefits:
+    """When the GMM is fitted during training: first once the run is `start_frac` done, then
+    at every step that is a multiple of `every` (0: never again). A step-based cadence needs no
+    state of its own: a resumed run finds the fitted GMM in the checkpoint's buffers (they are
+    in the state dict) and keeps refitting at the same steps."""
+
+    indices: tuple[int, ...]
+    start_frac: float
+    every: int
+
+    def due(self, step: int, run_fraction: float, fitted: bool) -> bool:
+        if not fitted:
+            return run_fraction >= self.start_frac
+        return self.every > 0 and step > 0 and step % self.every == 0
+
+
 @torch.no_grad()
-def fit_gmm(model: PeftDmlNet, keyframes: KeyframeSource, frames: int,
+def fit_gmm(model: PeftDmlNet, keyframes: KeyframeSource, frames: int | Sequence[int],
             device: torch.device | str, progress: bool = True) -> float:  # fmt: skip
-    """Fit the clean-feature GMM on pooled fused features of `frames` keyframes spread evenly
-    over the split (every modality present)."""
+    """Fit the clean-feature GMM on pooled fused features (eval mode, every modality present)
+    of keyframes: `frames` spread evenly over the split, or the given indices. Returns the mean
+    log-likelihood; the model's train/eval mode is restored."""
+    picks = spread_indices(len(keyframes), frames) if isinstance(frames, int) else list(frames)
+    was_training = model.training
     model.eval()
     pooled = []
-    picks = np.unique(np.linspace(0, len(keyframes) - 1, min(frames, len(keyframes))).round())
-    for index in tqdm(picks.astype(int), desc="gmm features", leave=False, disable=not progress):
-        inputs = keyframes[index].inputs
-        tensors = {k: torch.from_numpy(v).to(device) for k, v in inputs.items()}
+    batches = [picks[i : i + _GMM_BATCH] for i in range(0, len(picks), _GMM_BATCH)]
+    for batch in tqdm(batches, desc="gmm features", leave=False, disable=not progress):
+        items = [keyframes[index].inputs for index in batch]
+        tensors = {
+            k: torch.from_numpy(np.concatenate([item[k] for item in items])).to(device)
+            for k in items[0]
+        }
         pooled.append(model.forward_with_embeddings(tensors)[1].pooled.float().cpu())
+    model.train(was_training)
     return float(model.gmm.fit(torch.cat(pooled), generator=torch.Generator().manual_seed(0)))
+
+
+def _refit_gmm(model: PeftDmlNet, keyframes: KeyframeSource, refits: GmmRefits, step: int,
+               device: torch.device, log: Any, progress: bool) -> float:  # fmt: skip
+    """One fit during training; returns its wall time (s), logged to gmm.jsonl."""
+    t0 = time.perf_counter()
+    mean_ll = fit_gmm(model, keyframes, refits.indices, device, progress)
+    fit_s = time.perf_counter() - t0
+    if log is not None:
+        row = {"step": step, "frames": len(refits.indices), "mean_log_likelihood": mean_ll,
+               "fit_s": round(fit_s, 2)}  # fmt: skip
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+    if progress:
+        tqdm.write(f"GMM fitted on {len(refits.indices)} held-out keyframes at step {step}: "
+                   f"mean log-likelihood {mean_ll:.1f} ({fit_s:.1f} s)")  # fmt: skip
+    return fit_s
+
+
+def _write_holdout(path: Path, keyframes: KeyframeSource, held_out: Sequence[int],
+                   seed: int) -> None:  # fmt: skip
+    tokens = [keyframes[i].sample_token for i in held_out]
+    path.write_text(json.dumps({"seed": seed, "indices": list(held_out),
+                                "sample_tokens": tokens}, indent=1) + "\n")  # fmt: skip
+
+
+def _calibrate(model: PeftDmlNet, items: KeyframeSource, dataset: dict[str, Any],
+               device: torch.device) -> dict[str, Any]:  # fmt: skip
+    """The health calibration (core/health.py) of the model's normality score on clean
+    validation keyframes, as stored in a checkpoint's extra."""
+    from peftdml_ros.tools.calibrate import calibrate_keyframes, torch_scorer
+
+    scorer = torch_scorer(model, device)
+    return calibrate_keyframes(scorer, items, dataset, progress=False).to_dict()
 
 
 def _validate(model: PeftDmlNet, items: KeyframeSource, reader: NuScenesReader,
@@ -458,7 +650,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         AugmentConfig() if args.augment else None,
         SensorDropoutConfig(camera_p=args.sensor_dropout, radar_p=args.sensor_dropout),
     )
-    pairs = AugmentedPairs(KeyframePairDataset(keyframes), augmentation, seed)
+    # Keyframes held out for the GMM never enter a training pair (seeded: the same on resume).
+    held_out = holdout_indices(
+        len(keyframes), args.gmm_holdout_frames, args.seed,
+        holdout_candidates(keyframes, args.gmm_holdout_scenes),
+    )  # fmt: skip
+    pairs = AugmentedPairs(training_pairs(keyframes, held_out), augmentation, seed)
     val_reader = val_items = None
     if args.val_data is not None:
         val_reader = _reader(args, args.val_data, args.val_version or args.version,
@@ -471,6 +668,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"the GMM of {config.gmm_components} components needs as many keyframes, the split "
             f"has {len(keyframes)}: use more data, --gmm-frames 0, or fewer gmm_components"
         )
+    if held_out and config.gmm_enabled and len(held_out) < config.gmm_components:
+        raise ConfigError(
+            f"the GMM of {config.gmm_components} components needs as many keyframes: hold out "
+            f"at least {config.gmm_components} (--gmm-holdout-frames {len(held_out)})"
+        )
+    if args.gmm_start_frac is not None and not config.gmm_enabled:
+        raise ConfigError("--gmm-start-frac needs a model with gmm_enabled")
+    if args.gmm_start_frac is not None and config.weight_gmm == 0 and dist.is_main:
+        print("peftdml train: weight_gmm is 0: the GMM is fitted during training but the "
+              "alignment loss has no weight")  # fmt: skip
+    if held_out and dist.is_main:
+        _write_holdout(args.out / GMM_HOLDOUT_NAME, keyframes, held_out, args.seed)
     sampler: DistributedSampler[Any] | None = (
         DistributedSampler(pairs, dist.world, dist.rank, shuffle=True, seed=args.seed + state.step)
         if dist.world > 1
@@ -518,7 +727,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         (args.out / "config.json").write_text(json.dumps(
             {"model_config": config.to_dict(), "stage": args.stage,
              "args": {k: str(v) for k, v in vars(args).items()},
-             "parameters": report.to_dict(), "data": settings}, indent=2))  # fmt: skip
+             "parameters": report.to_dict(), "data": {**settings, "pairs": len(pairs)}},
+            indent=2))  # fmt: skip
 
     def extra(step: int, **more: Any) -> dict[str, Any]:
         return {"step": step, "stage": args.stage, "peft": args.stage == "peft",
@@ -544,7 +754,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     postfix: dict[str, str] = {}
     row: dict[str, Any] = {}
     last = False
+    # The clean-feature GMM during training (--gmm-start-frac): only rank 0 fits it; DDP
+    # broadcasts rank 0's buffers, the GMM's included, to every rank at each forward.
+    refits = (
+        GmmRefits(tuple(held_out), float(args.gmm_start_frac), args.gmm_refit_every)
+        if args.gmm_start_frac is not None
+        else None
+    )
+    if dist.is_main and args.resume:
+        _trim_log(args.out / GMM_LOG_NAME, state.step)
+    gmm_log = (args.out / GMM_LOG_NAME).open(mode) if dist.is_main else None
+
+    def run_fraction() -> float:
+        by_time = (
+            state.train_s / (60.0 * float(args.time_budget_min)) if args.time_budget_min else 0.0
+        )
+        return max(state.step / float(args.steps), by_time)
+
     while not last and state.step < args.steps and not out_of_budget():
+        if (
+            refits is not None
+            and dist.is_main
+            and refits.due(state.step, run_fraction(), model.gmm.is_fitted)
+        ):
+            state.train_s += _refit_gmm(model, keyframes, refits, state.step, device, gmm_log,
+                                        not args.quiet)  # fmt: skip
         t0 = time.perf_counter()
         lr = lr_at_progress(state.step, warmup, args.lr, progress_now(state.step))
         for group in optimizer.param_groups:
@@ -553,8 +787,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # One forward over t and t+1 together; each sample loses modalities independently.
         inputs = {k: torch.cat([now.inputs[k], later.inputs[k]]) for k in now.inputs}
+        # Modalities the model does not read are absent before dropout, so that dropout keeps
+        # one the model reads.
+        readable = inputs["modality_mask"].cpu() * torch.tensor(config.input_modality_mask)
         inputs["modality_mask"] = sample_modality_dropout(
-            inputs["modality_mask"].cpu(), args.modality_dropout, dropout_rng
+            readable, args.modality_dropout, dropout_rng
         ).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             outputs, embeddings = forward(inputs)
@@ -582,6 +819,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         row = {"step": state.step, "lr": lr, "grad_norm": float(grad_norm)}
         row.update({f"loss/{k}": float(v.detach()) for k, v in terms.items()})
         row["step_s"] = step_s
+        row["peak_rss_mb"] = _peak_rss_mb()
         if metrics is not None:
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
@@ -621,15 +859,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.distributed.destroy_process_group()
         return 0
 
-    # The clean-feature GMM: fitted on unmasked keyframes after training (normality score).
+    # The clean-feature GMM: fitted on unmasked keyframes after training (normality score),
+    # the held-out ones when there are; then the health calibration on the validation frames.
     final_extra = extra(state.step, train_s=round(state.train_s, 1))
-    if args.gmm_frames > 0 and config.gmm_enabled:
-        show = not args.quiet
-        final_extra["gmm_mean_log_likelihood"] = fit_gmm(
-            model, keyframes, args.gmm_frames, device, show
-        )
+    show = not args.quiet
+    picks = held_out or spread_indices(len(keyframes), args.gmm_frames)
+    calibration_data = None
+    if val_items is not None and val_reader is not None:
+        from peftdml_ros.tools.calibrate import dataset_fingerprint
+
+        val_split = args.val_split or args.split
+        calibration_data = (val_items, dataset_fingerprint(val_reader, val_split, len(val_items)))
+    if picks and config.gmm_enabled:
+        mean_ll = fit_gmm(model, keyframes, picks, device, show)
+        final_extra["gmm_mean_log_likelihood"] = mean_ll
+        if gmm_log is not None:
+            gmm_log.write(json.dumps({"step": state.step, "frames": len(picks), "final": True,
+                                      "mean_log_likelihood": mean_ll}) + "\n")  # fmt: skip
         if (args.out / BEST_NAME).is_file():
-            _fit_gmm_into(args.out / BEST_NAME, keyframes, args.gmm_frames, device, show)
+            _fit_gmm_into(args.out / BEST_NAME, keyframes, picks, device, show, calibration_data)
+    if gmm_log is not None:
+        gmm_log.close()
+    if calibration_data is not None and model.gmm.is_fitted:
+        final_extra[CALIBRATION_KEY] = _calibrate(model, *calibration_data, device)
     path = save_checkpoint(args.out / CHECKPOINT_NAME, model.cpu(), final_extra)
     _save_state(args.out / STATE_NAME, optimizer, state)
     print(f"wrote {path} (loss {row.get('loss/total', float('nan')):.4f} at step {state.step}, "
@@ -642,12 +894,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _fit_gmm_into(path: Path, keyframes: KeyframeSource, frames: int,
-                  device: torch.device, progress: bool) -> None:  # fmt: skip
-    """Give the best checkpoint its own clean-feature GMM (it is the one that ships)."""
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MB (Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+
+
+def _fit_gmm_into(path: Path, keyframes: KeyframeSource, frames: int | Sequence[int],
+                  device: torch.device, progress: bool,
+                  calibration_data: tuple[KeyframeSource, dict[str, Any]] | None = None,
+                  ) -> None:  # fmt: skip
+    """Give the best checkpoint its own clean-feature GMM (it is the one that ships) and, with
+    validation frames, its own health calibration."""
     loaded = load_checkpoint(path)
     model = loaded.model.to(device)
     loaded.extra["gmm_mean_log_likelihood"] = fit_gmm(model, keyframes, frames, device, progress)
+    if calibration_data is not None:
+        loaded.extra[CALIBRATION_KEY] = _calibrate(model, *calibration_data, device)
     save_checkpoint(path, model.cpu(), loaded.extra)
 
 

@@ -269,3 +269,18 @@ def test_reports_hold_no_nan() -> None:
                                {"traffic_cone": {"orient_err": math.nan}}, 3)  # fmt: skip
     text = json.dumps(build_report(metrics, {"lidar": metrics}, {}, _meta()), allow_nan=False)
     assert '"mAVE": null' in text
+
+
+def test_variants_a_model_cannot_tell_apart_are_scored_once() -> None:
+    runs = variants(tiny_config(input_modalities=("lidar",)), dropout=True)
+    by_name = {run.name: run for run in runs}
+    distinct = [run.name for run in runs if run.same_as is None]
+    # With LiDAR and without it; removing one camera or radar changes nothing it reads.
+    assert distinct == [FULL, "radar+camera+imu+gnss"]
+    assert by_name["lidar"].same_as == FULL
+    assert by_name["-CAM_FRONT"].same_as == FULL
+    assert by_name["camera"].same_as == "radar+camera+imu+gnss"
+    full_model = variants(tiny_config(), dropout=True)
+    assert [run.name for run in full_model if run.same_as is not None] == [
+        "lidar+radar+camera+imu+gnss"
+    ]

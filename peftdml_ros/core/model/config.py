@@ -102,6 +102,11 @@ class ModelConfig:
     gaussian_overlap: float = 0.1
     min_gaussian_radius_cells: int = 2
 
+    # Modalities the network reads (MODALITIES names). The others are masked absent inside the
+    # network, so a baseline trained on a subset ignores them the same way in training, in
+    # `peftdml eval`, in the node and in an ONNX export.
+    input_modalities: tuple[str, ...] = ("lidar", "radar", "camera", "imu", "gnss")
+
     # Clean-feature GMM (distribution alignment and the normality score).
     gmm_enabled: bool = True
     gmm_components: int = 8
@@ -116,6 +121,20 @@ class ModelConfig:
         self._check_geometry()
         self._check_widths()
         self._check_weights()
+        self._check_modalities()
+
+    def _check_modalities(self) -> None:
+        unknown = sorted(set(self.input_modalities) - set(_LORA_MODALITIES))
+        if unknown or not self.input_modalities:
+            raise ConfigError(
+                f"input_modalities {list(self.input_modalities)} must be a non-empty subset of "
+                f"{list(_LORA_MODALITIES)}"
+            )
+
+    @property
+    def input_modality_mask(self) -> tuple[float, ...]:
+        """1.0 for each modality (MODALITIES order) the network reads, else 0.0."""
+        return tuple(1.0 if m in self.input_modalities else 0.0 for m in _LORA_MODALITIES)
 
     def _check_geometry(self) -> None:
         x0, y0, z0, x1, y1, z1 = self.point_cloud_range_m

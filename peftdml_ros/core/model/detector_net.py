@@ -80,6 +80,8 @@ def _masked(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
 class PeftDmlNet(nn.Module):
     """The PEFT-DML detector. `forward(**inputs)` returns the OUTPUT_NAMES tensors."""
 
+    input_modality_mask: torch.Tensor
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -96,6 +98,12 @@ class PeftDmlNet(nn.Module):
         self.embedding_heads = EmbeddingHeads(config)
         mark_trainable(self.embedding_heads)
         self.gmm = FeatureGmm(config.gmm_components, config.embed_dim)
+        # Not a parameter and not saved: it follows config.input_modalities.
+        self.register_buffer(
+            "input_modality_mask",
+            torch.tensor(config.input_modality_mask, dtype=torch.float32),
+            persistent=False,
+        )
 
     def forward(
         self,
@@ -151,7 +159,9 @@ class PeftDmlNet(nn.Module):
         # Inputs are float32 (model_io); features take the dtype of the weights (float32, or
         # float16 in a half-precision copy, which reads the same float32 inputs).
         dtype = self.head.out.weight.dtype
-        mask = (inputs["modality_mask"] > 0.5).to(dtype)  # [B, 5]
+        # Modalities outside config.input_modalities count as absent.
+        wanted = inputs["modality_mask"] * self.input_modality_mask.to(inputs["modality_mask"])
+        mask = (wanted > 0.5).to(dtype)  # [B, 5]
         present = mask > 0.5
         lidar = self.lidar(
             _masked(inputs["lidar_points"], present[:, 0]),

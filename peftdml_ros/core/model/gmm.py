@@ -1,10 +1,13 @@
 """A diagonal Gaussian mixture of the clean-data feature distribution P_normal.
 
-Fitted offline (EM in torch) on pooled fused features [N, d] of clean frames; then
-  - `nll(x)` = -log p_normal(x) is the distribution-alignment loss (pull features toward normal)
-    and the run-time `normality_score` output (a "distance from normal" per frame);
-  - before a fit, `fitted` is 0 and the score is 0 (the graph is the same either way).
-The parameters are buffers (not trained by SGD) and live in the state dict.
+Fitted (EM in torch) on pooled fused features [N, d] of clean frames; then
+  - `nll(x)` = -log p_normal(x) is the run-time `normality_score` output (a "distance from
+    normal" per frame, in nats; core.health turns it into a percentile of clean frames);
+  - `alignment_loss(x)` is the distribution-alignment training loss built on it (see there why
+    it is not the raw -log p);
+  - before a fit, `fitted` is 0 and both are 0 (the graph is the same either way).
+The parameters are buffers (not trained by SGD) and live in the state dict, so a checkpoint and
+`--resume` carry the fitted mixture.
 """
 
 from __future__ import annotations
@@ -59,6 +62,32 @@ class FeatureGmm(nn.Module):
     def nll(self, x: torch.Tensor) -> torch.Tensor:
         """-log p(x) [N] (float32), or zeros [N] while the GMM is not fitted."""
         return -self.log_prob(x) * self.fitted.to(torch.float32)
+
+    def nll_lower_bound(self) -> torch.Tensor:
+        """The smallest -log p any x can have (a scalar, nats): p(x) = sum_k w_k N_k(x) is at
+        most the peak density of the sharpest component, (2 pi)^(-d/2) prod_j sigma_kj^-1."""
+        log_vars = self.log_vars.to(torch.float32)
+        half_log_det = 0.5 * (log_vars + math.log(2.0 * math.pi)).sum(dim=1)  # [K]
+        return half_log_det.min()
+
+    def alignment_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The distribution-alignment loss [N] of features x [N, d]: log(1 + e), where
+        e = (-log p(x) - nll_lower_bound()) / d >= 0 is the excess -log p per dimension.
+        Zeros while the GMM is not fitted.
+
+        Why not the raw -log p: fitted variances go down to the fit's floor (1e-4, inverse
+        variance 1e4), so the raw term's gradient grows linearly with the distance from the
+        nearest component, summed over d dimensions: frames with a modality dropped out (far
+        from the clean features) would steer every training step (docs/model.md, "Sensor-health
+        score", has measured gradient norms). Dividing by d makes the weight independent of the
+        embedding width; the lower bound makes the excess >= 0 (the raw -log p of a tight
+        mixture is negative); log(1 + e), a Cauchy-type robust loss, bounds the gradient with
+        respect to x whatever the distance (by 1 / (sigma_min sqrt(2 d)) for one component)
+        while still pulling far-off frames toward normal (a clamp would give them no gradient
+        at all, and they are the frames alignment is for).
+        """
+        excess = (self.nll(x) - self.nll_lower_bound()) / self.dim
+        return torch.log1p(excess.clamp(min=0.0)) * self.fitted.to(torch.float32)
 
     @torch.no_grad()
     def fit(

@@ -37,7 +37,8 @@ L_temporal: instance discrimination across t and t+1 (InfoNCE, temporal_temperat
   center) at t must pick the same instance at t+1 out of every other object of the batch's t+1
   frames and background cells there (the same instance in another frame of the batch is left
   out, not a negative).
-L_gmm: mean -log p_normal(pooled fused features) under the fitted clean-data GMM.
+L_gmm: mean log(1 + e) of the pooled fused features under the fitted clean-data GMM, with e the
+  excess -log p_normal per dimension (FeatureGmm.alignment_loss says why not the raw -log p).
 """
 
 from __future__ import annotations
@@ -391,7 +392,9 @@ def compute_losses(
         else zero
     )
     use_gmm = config.gmm_enabled and gmm is not None and gmm.is_fitted
-    terms["gmm"] = gmm.nll(embeddings.pooled).mean() if use_gmm and gmm is not None else zero
+    terms["gmm"] = (
+        gmm.alignment_loss(embeddings.pooled).mean() if use_gmm and gmm is not None else zero
+    )
     terms["consistency"] = (
         config.weight_cross_modal * terms["cross_modal"]
         + config.weight_temporal * terms["temporal"]

@@ -101,3 +101,28 @@ def test_batch_items_with_different_masks_are_independent(model_and_config) -> N
         first = model(**{k: v[:1] for k, v in inputs.items()})
     for name in OUTPUT_NAMES:
         assert torch.allclose(both[name][:1], first[name], atol=1e-6), name
+
+
+def test_modalities_outside_input_modalities_are_ignored_even_when_flagged_present() -> None:
+    config = small_config(input_modalities=("lidar",))
+    model = perturbed_model(config, seed=2)
+    inputs = random_inputs(config, batch=1, seed=12)
+    inputs["modality_mask"] = torch.ones(1, 5)
+    changed = {k: v.clone() for k, v in inputs.items()}
+    for modality in range(1, 5):
+        _scramble(changed, modality, seed=200 + modality)
+    with torch.no_grad():
+        ref, out = model(**inputs), model(**changed)
+        lidar_only = model(**{**inputs, "modality_mask": torch.tensor([[1.0, 0, 0, 0, 0]])})
+    for name in OUTPUT_NAMES:
+        assert torch.equal(ref[name], out[name]), name
+        assert torch.equal(ref[name], lidar_only[name]), name
+
+
+def test_input_modalities_must_be_known_and_non_empty() -> None:
+    from peftdml_ros.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="input_modalities"):
+        small_config(input_modalities=("sonar",))
+    with pytest.raises(ConfigError, match="input_modalities"):
+        small_config(input_modalities=())
