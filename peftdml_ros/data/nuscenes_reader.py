@@ -260,7 +260,9 @@ def decode_jpeg(data: bytes, downscale: int, path: Path) -> npt.NDArray[np.uint8
     try:
         return core_image.decode_compressed(data, reduction=downscale, fmt="jpeg")
     except InputDataError as error:
-        raise CorruptImageError(f"{path}: {error}; the file is corrupt") from error
+        raise CorruptImageError(
+            f"{path}: JPEG cannot be decoded ({error}); the file is corrupt"
+        ) from error
 
 
 def _read_bytes(path: Path) -> bytes:

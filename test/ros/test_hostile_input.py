@@ -4,9 +4,9 @@ A probe publishes a small rig (LiDAR + front camera, wall-clock stamps) one fram
 times each frame from the LiDAR's publication to its detections. First clean frames, then the
 same frames with decompression bombs on the camera topic just before them (a 631-byte JPEG
 claiming 65000x65000 pixels and a 1.2 MB PNG of 20000x20000: without the header checks each
-would have the node allocate gigabytes and decode for seconds), plus an IMU message of 1e308, a CameraInfo
-with fx = 1e300 and a /tf_static transform of 1e39 m. The node must refuse each one under its
-reason in /diagnostics, keep publishing every frame within its normal latency (a generous
+would have the node allocate gigabytes and decode for seconds), plus an IMU message of 1e308, a
+CameraInfo with fx = 1e300 and a /tf_static transform of 1e39 m. The node must refuse each one
+under its reason in /diagnostics, keep publishing every frame within its normal latency (a generous
 factor of the clean run's) and keep its peak memory (VmHWM) within 200 MB of the clean run's.
 
 `-s` prints the measurements.
