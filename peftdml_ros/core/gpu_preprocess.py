@@ -27,7 +27,6 @@ onnxruntime-gpu).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,11 +38,9 @@ from peftdml_ros.core.errors import BackendUnavailableError, InputDataError
 from peftdml_ros.core.preprocess import (
     Inputs,
     PreprocessConfig,
-    _check_camera,
-    _resize,
+    Preprocessor,
     gnss_features,
     imu_features,
-    scale_intrinsics,
     zero_absent,
 )
 from peftdml_ros.core.types import (
@@ -55,8 +52,6 @@ from peftdml_ros.core.types import (
     Modality,
     PointCloud,
 )
-
-_LOG = logging.getLogger(__name__)
 
 RangeM = tuple[float, float, float, float, float, float]
 
@@ -214,8 +209,7 @@ class GpuPreprocessor:
     def __init__(self, config: PreprocessConfig | None = None, xp: Any = None) -> None:
         self.config = config or PreprocessConfig()
         self.xp = cupy_module() if xp is None else xp
-        self._slot = {name: k for k, name in enumerate(self.config.camera_names)}
-        self._warned_cameras: set[str] = set()
+        self._host = Preprocessor(self.config)
 
     def __call__(self, frame: Frame) -> Inputs:
         """Host (numpy) inputs of one frame, shapes [1, ...], float32: Preprocessor's result."""
@@ -276,36 +270,7 @@ class GpuPreprocessor:
 
     def _cameras(self, cameras: Sequence[CameraImage]) -> tuple[Any, Any, Any, Any]:
         """(device images [N, 3, H, W], host K [N, 3, 3], camera_to_ego [N, 4, 4], valid [N])."""
-        cfg = self.config
-        n_cam = len(cfg.camera_names)
-        h, w = cfg.image_size_hw
-        resized = np.zeros((n_cam, h, w, 3), np.uint8)
-        intrinsics = np.tile(np.eye(3, dtype=np.float32), (n_cam, 1, 1))
-        cam_to_ego = np.tile(np.eye(4, dtype=np.float32), (n_cam, 1, 1))
-        valid = np.zeros((n_cam,), np.float32)
-        for camera in cameras:
-            slot = self._slot.get(camera.sensor)
-            if slot is None:
-                self._warn_unknown_camera(camera.sensor)
-                continue
-            if valid[slot]:
-                raise InputDataError(
-                    f"frame has camera {camera.sensor!r} twice; the synchronizer must keep one"
-                )
-            _check_camera(camera)
-            src_h, src_w = camera.image.shape[:2]
-            resized[slot] = _resize(camera.image, cfg.image_size_hw)  # CPU: the same resize
-            intrinsics[slot] = scale_intrinsics(camera.intrinsics, w / src_w, h / src_h)
-            cam_to_ego[slot] = camera.camera_to_ego
-            valid[slot] = 1.0
+        # Placing and resizing is the CPU Preprocessor's own code; only the normalize runs here.
+        resized, intrinsics, cam_to_ego, valid = self._host.place_cameras(cameras)
         images = normalize_images(self.xp, resized, valid)
         return images, intrinsics, cam_to_ego, valid
-
-    def _warn_unknown_camera(self, name: str) -> None:
-        if name not in self._warned_cameras:
-            self._warned_cameras.add(name)
-            _LOG.warning(
-                "camera %r is not in the model's camera list %s: its images are dropped",
-                name,
-                list(self.config.camera_names),
-            )

@@ -287,6 +287,19 @@ class Preprocessor:
     def _cameras(
         self, cameras: Sequence[CameraImage]
     ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        resized, intrinsics, cam_to_ego, valid = self.place_cameras(cameras)
+        # One vectorized normalize for all cameras: [N, H, W, 3] uint8 -> [N, 3, H, W] float32.
+        images = resized.astype(np.float32) * _SCALE + _SHIFT
+        images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+        images[valid == 0] = 0.0
+        return images, intrinsics, cam_to_ego, valid
+
+    def place_cameras(
+        self, cameras: Sequence[CameraImage]
+    ) -> tuple[npt.NDArray[np.uint8], FloatArray, FloatArray, FloatArray]:
+        """Each camera in its model slot: (images resized to the model's input [N, H, W, 3]
+        uint8, K scaled to match [N, 3, 3], camera_to_ego [N, 4, 4], valid [N]); the host part
+        that the GPU preprocessing shares."""
         cfg = self.config
         n_cam = len(cfg.camera_names)
         h, w = cfg.image_size_hw
@@ -309,11 +322,7 @@ class Preprocessor:
             intrinsics[slot] = scale_intrinsics(camera.intrinsics, w / src_w, h / src_h)
             cam_to_ego[slot] = camera.camera_to_ego
             valid[slot] = 1.0
-        # One vectorized normalize for all cameras: [N, H, W, 3] uint8 -> [N, 3, H, W] float32.
-        images = resized.astype(np.float32) * _SCALE + _SHIFT
-        images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
-        images[valid == 0] = 0.0
-        return images, intrinsics, cam_to_ego, valid
+        return resized, intrinsics, cam_to_ego, valid
 
     def _warn_unknown_camera(self, name: str) -> None:
         if name not in self._warned_cameras:
