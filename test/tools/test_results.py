@@ -197,3 +197,21 @@ def test_health_section_reads_the_health_evaluation(tmp_path: Path) -> None:
     assert "| clean | clean | 4 | n/a | 52.0 | 0.000 | 0.000 | 0.250 |" in text
     assert "| fog | degradation | 4 | 0.938 | 3.5 | 0.250 | 0.500 | 1.000 |" in text
     assert "share below 10 |" in text and "`peftdml health-eval ...`" in text
+
+
+def test_the_committed_results_page_is_what_render_writes_from_the_committed_files(
+    tmp_path: Path,
+) -> None:
+    """Every number on docs/results.md comes from the files beside its spec: rendering them again
+    gives the same page (only the regenerate line names other paths)."""
+    repo = Path(__file__).resolve().parents[2]
+    committed = (repo / "docs" / "results.md").read_text().splitlines()
+    fresh = render(repo / "docs" / "results" / "variants.json", tmp_path / "results.md")
+
+    def without_regenerate_line(lines: list[str]) -> list[str]:
+        return [line for line in lines if not line.startswith("Regenerate this page:")]
+
+    assert without_regenerate_line(fresh.splitlines()) == without_regenerate_line(committed), (
+        "docs/results.md is stale: run `peftdml results render --spec docs/results/variants.json "
+        "--out docs/results.md`"
+    )
