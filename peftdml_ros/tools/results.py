@@ -449,8 +449,40 @@ def plot_gmm_differences(
     return path
 
 
+def _gmm_health_table(
+    spec: Mapping[str, Any], base: Path, seen: Sequence[str], held_out: Sequence[str]
+) -> list[str]:
+    """ROC AUC of each arm's normality score, clean against degraded (`peftdml health-eval`)."""
+    health = spec["gmm"].get("health")
+    if not health:
+        return []
+
+    def aucs(files: Sequence[str], name: str) -> list[float | None]:
+        values = []
+        for file in files:
+            case = json.loads((base / file).read_text())["cases"].get(name)
+            values.append(None if case is None or case.get("auc") is None else float(case["auc"]))
+        return values
+
+    rows = []
+    for name, role in [*((n, "seen") for n in seen), *((n, "held out") for n in held_out)]:
+        a, b = aucs(health["plain"], name), aucs(health["gmm"], name)
+        rows.append([name, role, _per_seed(a), _per_seed(b)])
+    seeds = len(health["plain"])
+    label = f"mean over {seeds} seeds (each seed)" if seeds > 1 else "one seed"
+    lines = [health.get("note", "").strip(), ""] if health.get("note") else []
+    lines += [*_table(["degradation", "in training", f"AUC plain, {label}", "AUC GMM"], rows), ""]
+    if health.get("command"):
+        lines += [f"Command (per arm): `{health['command']}`", ""]
+    return lines
+
+
 def gmm_section(
-    spec: Mapping[str, Any], by_key: Mapping[str, Variant], images: Path, rel: Path
+    spec: Mapping[str, Any],
+    by_key: Mapping[str, Variant],
+    images: Path,
+    rel: Path,
+    base: Path,
 ) -> list[str]:
     """The GMM arms against the plain arms, per degradation seen in training or held out."""
     arms = _gmm_arms(spec, by_key)
@@ -477,6 +509,7 @@ def gmm_section(
     note = spec["gmm"].get("note", "")
     lines += [note.strip(), ""] if note else []
     lines += [*_table(header, rows), ""]
+    lines += _gmm_health_table(spec, base, seen, held_out)
     picture = plot_gmm_differences(
         images / "results_gmm.png", with_gmm, plain, seen, held_out, _gmm_noise(spec)
     )
@@ -644,7 +677,7 @@ def render(spec_path: Path, out: Path, images: Path | None = None) -> str:
         bars = plot_degradations(images / "results_degradations.png", variants, names)
         lines += [f"![NDS per degradation]({rel / bars.name})", ""]
 
-    lines += gmm_section(spec, by_key, images, rel)
+    lines += gmm_section(spec, by_key, images, rel, spec_path.parent)
 
     health = spec.get("health")
     if health:

@@ -154,10 +154,15 @@ def test_gmm_arms_over_seeds_show_the_mean_each_seed_and_the_noise(tmp_path: Pat
     }
     for key, data in files.items():
         (base / f"{key}.eval.json").write_text(json.dumps(data))
+    for key, auc in (("gmm0", 0.9), ("gmm1", 0.7), ("plain0", 0.5), ("plain1", 0.6)):
+        cases = {"clean": {"auc": None}, "rain": {"auc": auc}}  # night: not evaluated
+        (base / f"health_{key}.json").write_text(json.dumps({"cases": cases}))
     spec = {
         "variants": [{"key": k, "name": k, "eval": f"{k}.eval.json"} for k in files],
         "gmm": {"gmm": ["gmm0", "gmm1"], "plain": ["plain0", "plain1"], "seen": ["night"],
-                "held_out": ["rain"], "note": "Two seeds per arm."},
+                "held_out": ["rain"], "note": "Two seeds per arm.",
+                "health": {"gmm": ["health_gmm0.json", "health_gmm1.json"],
+                           "plain": ["health_plain0.json", "health_plain1.json"]}},
     }  # fmt: skip
     (base / "variants.json").write_text(json.dumps(spec))
     text = render(base / "variants.json", tmp_path / "results.md")
@@ -169,6 +174,8 @@ def test_gmm_arms_over_seeds_show_the_mean_each_seed_and_the_noise(tmp_path: Pat
     assert "## Retention when sensors drop out" not in text  # no arm was evaluated with dropout
     assert "**missed**: NDS difference (GMM minus plain) rain +0.005 (+0.020, -0.010)" in text
     assert "clean NDS differs by 0.040 between seeds" in text
+    assert "| rain | held out | 0.550 (0.500, 0.600) | 0.800 (0.900, 0.700) |" in text
+    assert "| night | seen | n/a | n/a |" in text
     spec["gmm"]["noise_nds"] = 0.004
     (base / "variants.json").write_text(json.dumps(spec))
     assert "**met**: NDS difference" in render(base / "variants.json", tmp_path / "results.md")
