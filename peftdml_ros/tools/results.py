@@ -320,12 +320,7 @@ def plot_retention_heatmap(path: Path, variants: Sequence[Variant]) -> Path:
     return path
 
 
-def plot_degradations(
-    path: Path,
-    variants: Sequence[Variant],
-    names: Sequence[str],
-    title: str = "NDS per generated degradation",
-) -> Path:
+def plot_degradations(path: Path, variants: Sequence[Variant], names: Sequence[str]) -> Path:
     """Grouped bars: NDS per degradation (and clean) for each variant with degradations."""
     import matplotlib
 
@@ -345,7 +340,7 @@ def plot_degradations(
     axes.set_ylabel("NDS (official nuScenes metrics)")
     axes.set_ylim(0.0, 1.0)
     axes.legend(fontsize=8)
-    axes.set_title(title)
+    axes.set_title("NDS per generated degradation")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
@@ -471,10 +466,11 @@ def _gmm_health_table(
     seeds = len(health["plain"])
     label = f"mean over {seeds} seeds (each seed)" if seeds > 1 else "one seed"
     lines = [health.get("note", "").strip(), ""] if health.get("note") else []
-    lines += [*_table(["degradation", "in training", f"AUC plain, {label}", "AUC GMM"], rows), ""]
-    if health.get("command"):
-        lines += [f"Command (per arm): `{health['command']}`", ""]
-    return lines
+    return [
+        *lines,
+        *_table(["degradation", "in training", f"AUC plain, {label}", "AUC GMM"], rows),
+        "",
+    ]
 
 
 def gmm_section(
