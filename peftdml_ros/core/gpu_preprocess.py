@@ -34,11 +34,12 @@ import numpy as np
 import numpy.typing as npt
 
 from peftdml_ros.core import model_io
-from peftdml_ros.core.errors import BackendUnavailableError, InputDataError
+from peftdml_ros.core.errors import BackendUnavailableError
 from peftdml_ros.core.preprocess import (
     Inputs,
     PreprocessConfig,
     Preprocessor,
+    check_clouds,
     gnss_features,
     imu_features,
     zero_absent,
@@ -50,7 +51,6 @@ from peftdml_ros.core.types import (
     CameraImage,
     Frame,
     Modality,
-    PointCloud,
 )
 
 RangeM = tuple[float, float, float, float, float, float]
@@ -108,19 +108,6 @@ def subsample_indices(xp: Any, count: int, maximum: int) -> Any:
     if count <= maximum:
         return xp.arange(count, dtype=xp.int64)
     return (xp.arange(maximum, dtype=xp.int64) * count) // maximum
-
-
-def _check_clouds(clouds: Sequence[PointCloud], fields: tuple[str, ...]) -> None:
-    for cloud in clouds:
-        if (
-            cloud.fields != fields
-            or cloud.points.ndim != 2
-            or cloud.points.shape[1] != len(fields)
-        ):
-            raise InputDataError(
-                f"point cloud from {cloud.sensor!r} has fields {cloud.fields} and shape "
-                f"{cloud.points.shape}; expected [N, {len(fields)}] with fields {fields}"
-            )
 
 
 def pack_points(
@@ -223,8 +210,8 @@ class GpuPreprocessor:
 
     def _inputs(self, frame: Frame) -> dict[str, Any]:
         cfg, xp = self.config, self.xp
-        _check_clouds(frame.lidar, LIDAR_POINT_FIELDS)
-        _check_clouds(frame.radar, RADAR_POINT_FIELDS)
+        check_clouds(frame.lidar, LIDAR_POINT_FIELDS)
+        check_clouds(frame.radar, RADAR_POINT_FIELDS)
         lidar, lidar_valid = pack_points(
             xp,
             [c.points for c in frame.lidar],

@@ -139,6 +139,21 @@ def subsample_indices(count: int, maximum: int) -> npt.NDArray[np.int64]:
     return (np.arange(maximum, dtype=np.int64) * count) // maximum
 
 
+def check_clouds(clouds: Sequence[PointCloud], fields: tuple[str, ...]) -> None:
+    """Refuse a cloud whose fields or shape are not [N, len(fields)] with `fields`."""
+    for cloud in clouds:
+        if (
+            cloud.fields != fields
+            or cloud.points.ndim != 2
+            or cloud.points.shape[1] != len(fields)
+        ):
+            raise InputDataError(
+                f"point cloud from {cloud.sensor!r} has fields {cloud.fields} and shape "
+                f"{cloud.points.shape}; expected [N, {len(fields)}] with fields {fields} "
+                "(convert it with the message conversion of peftdml_ros.ros)"
+            )
+
+
 def pack_points(
     clouds: Sequence[PointCloud],
     fields: tuple[str, ...],
@@ -158,17 +173,7 @@ def pack_points_with_sources(
 ) -> tuple[FloatArray, FloatArray, npt.NDArray[np.int64]]:
     """`pack_points` plus, per packed row, the position in `clouds` of the cloud it came from
     ([maximum] int64, -1 on padding rows): which sensor each point belongs to."""
-    for cloud in clouds:
-        if (
-            cloud.fields != fields
-            or cloud.points.ndim != 2
-            or cloud.points.shape[1] != len(fields)
-        ):
-            raise InputDataError(
-                f"point cloud from {cloud.sensor!r} has fields {cloud.fields} and shape "
-                f"{cloud.points.shape}; expected [N, {len(fields)}] with fields {fields} "
-                "(convert it with the message conversion of peftdml_ros.ros)"
-            )
+    check_clouds(clouds, fields)
     out = np.zeros((maximum, len(fields)), np.float32)
     valid = np.zeros((maximum,), np.float32)
     sources = np.full((maximum,), -1, np.int64)

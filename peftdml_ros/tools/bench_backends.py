@@ -65,6 +65,7 @@ from peftdml_ros.core.preprocess import (
     scale_intrinsics,
 )
 from peftdml_ros.core.types import LIDAR_POINT_FIELDS, RADAR_POINT_FIELDS, Frame
+from peftdml_ros.tools import bench_common
 from peftdml_ros.tools.export import random_frame
 
 SHIPPED_ONNX = "models/peftdml_synth_cpu30.onnx"
@@ -85,20 +86,12 @@ def time_interleaved(
     candidates: Mapping[str, Callable[[], object]], runs: int, warmup: int = 2
 ) -> dict[str, Timing]:
     """{name: {"min_ms", "median_ms"}} over `runs` rounds that call every candidate once, in
-    order, after `warmup` untimed rounds (allocations, ONNX Runtime's first-run work)."""
+    order, after `warmup` untimed calls of each (allocations, ONNX Runtime's first-run work)."""
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
-    for _ in range(warmup):
-        for fn in candidates.values():
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(runs):
-        for name, fn in candidates.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append((time.perf_counter() - start) * 1e3)
+    samples = bench_common.time_interleaved(candidates, runs, warmup)
     return {
-        name: {"min_ms": min(values), "median_ms": statistics.median(values)}
+        name: {"min_ms": min(values) * 1e3, "median_ms": statistics.median(values) * 1e3}
         for name, values in samples.items()
     }
 

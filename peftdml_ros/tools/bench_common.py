@@ -10,7 +10,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,7 @@ def percentiles_ms(samples_s: Sequence[float]) -> dict[str, float]:
 
 
 def time_interleaved(
-    candidates: dict[str, Callable[[], object]], runs: int, warmup: int = 2
+    candidates: Mapping[str, Callable[[], object]], runs: int, warmup: int = 2
 ) -> dict[str, list[float]]:
     """Wall-time samples (s) of each candidate, run in turns (a, b, a, b, ...) so that load
     from other processes falls on all of them alike; `warmup` untimed calls each first."""

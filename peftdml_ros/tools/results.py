@@ -282,6 +282,17 @@ def degradation_table(variants: Sequence[Variant]) -> tuple[list[str], list[str]
 # --------------------------------------------------------------------------------- pictures
 
 
+def _save_figure(figure: Any, path: Path) -> Path:
+    """Lay out, write (creating the folder) and close a figure of this page."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
 def plot_retention_heatmap(path: Path, variants: Sequence[Variant]) -> Path:
     """Rows: variants; columns: every modality subset and single sensor removed."""
     import matplotlib
@@ -313,11 +324,7 @@ def plot_retention_heatmap(path: Path, variants: Sequence[Variant]) -> Path:
                           fontsize=5.5, color=shade)  # fmt: skip
     figure.colorbar(image, ax=axes, fraction=0.02, label="NDS / own full-sensor NDS")
     axes.set_title("Retention per sensor subset (columns: modalities present, or -SENSOR removed)")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return _save_figure(figure, path)
 
 
 def plot_degradations(path: Path, variants: Sequence[Variant], names: Sequence[str]) -> Path:
@@ -341,11 +348,7 @@ def plot_degradations(path: Path, variants: Sequence[Variant], names: Sequence[s
     axes.set_ylim(0.0, 1.0)
     axes.legend(fontsize=8)
     axes.set_title("NDS per generated degradation")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return _save_figure(figure, path)
 
 
 def _ratio(value: float | None, reference: float | None) -> float | None:
@@ -437,11 +440,7 @@ def plot_gmm_differences(
     axes.set_ylim(-limit, limit)
     axes.legend(fontsize=7, loc="lower right")
     axes.set_title("Live GMM alignment against the same run without it")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return _save_figure(figure, path)
 
 
 def _gmm_health_table(
